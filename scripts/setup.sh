@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs the project with its training and test extras.
+# Re-running is cheap: the install is skipped while pyproject.toml is unchanged. pip's wheel cache
+# lives outside the checkout (~/.cache/pip), so fresh clones reuse downloads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "error: $PY not found; this project needs Python 3.11 (bpy 5.0.1 requires it)" >&2
+  exit 2
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "setting up .venv (first run only) ..."
+  log=.venv/pip-install.log
+  # torch is pinned to the CPU build that pip finds locally; a looser pin would download several GB.
+  if ! .venv/bin/python -m pip install -e ".[train,dev,export,bridge]" >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    echo "error: pip install failed; the whole log is in $log" >&2
+    exit 2
+  fi
+  rm -f .venv/.installed-* && touch "$stamp"
+fi

@@ -1,0 +1,53 @@
+"""Shared fixtures: paths to the shared mocap, and small synthetic clips built in code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.motion import Motion
+from runtime.rotations import quat_from_axis_angle, quat_mul
+from runtime.skeleton import Skeleton
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "mocap"
+BANDAI = SHARED / "bandai2_locomotion"
+CMU = SHARED / "cmu_permissive_extra"
+
+
+def needs(path: Path) -> Path:
+    """Skip the calling test when a shared dataset is absent."""
+    if not path.exists() or not any(path.glob("*.bvh")):
+        pytest.skip(f"{path} is not present")
+    return path
+
+
+def small_skeleton() -> Skeleton:
+    """A 9-joint biped with left/right names and End Sites, metres, Y up, facing +Z."""
+    names = ["Hips", "Spine", "Head", "LeftUpLeg", "LeftLeg", "LeftFoot", "RightUpLeg", "RightLeg", "RightFoot"]
+    parents = [-1, 0, 1, 0, 3, 4, 0, 6, 7]
+    offsets = [[0, 0, 0], [0, 0.25, 0], [0, 0.45, 0.02], [0.1, -0.05, 0], [0, -0.42, 0], [0, -0.42, 0],
+               [-0.1, -0.05, 0], [0, -0.42, 0], [0, -0.42, 0]]
+    ends = np.full((9, 3), np.nan)
+    ends[2] = [0, 0.15, 0]
+    ends[5] = [0, -0.05, 0.15]
+    ends[8] = [0, -0.05, 0.15]
+    return Skeleton(names, parents, offsets, ends)
+
+
+def random_motion(skeleton: Skeleton, n_frames: int = 120, fps: float = 30.0, seed: int = 0,
+                  speed: float = 1.2) -> Motion:
+    """Smooth random rotations and a wandering root: enough to exercise every code path."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_frames)[:, None] / fps
+    freqs = rng.uniform(0.3, 2.0, (1, skeleton.n_joints))
+    axes = rng.normal(size=(skeleton.n_joints, 3))
+    axes /= np.linalg.norm(axes, axis=-1, keepdims=True)
+    angles = rng.uniform(0.2, 1.2, skeleton.n_joints) * np.sin(2 * np.pi * freqs * t + rng.uniform(0, 6, skeleton.n_joints))
+    rot = quat_from_axis_angle(np.broadcast_to(axes, (n_frames, skeleton.n_joints, 3)), angles)
+    heading = quat_from_axis_angle(np.array([0.0, 1.0, 0.0]), 0.8 * np.sin(0.5 * t[:, 0]) + rng.uniform(-3, 3))
+    rot[:, 0] = quat_mul(heading, rot[:, 0])
+    trans = np.broadcast_to(skeleton.offsets, (n_frames, skeleton.n_joints, 3)).copy()
+    trans[:, 0] = np.stack([np.cumsum(rng.normal(0, 0.02, n_frames)), 0.9 + 0.03 * np.sin(6 * t[:, 0]),
+                            speed * t[:, 0]], axis=-1)
+    return Motion(skeleton, rot, trans, fps, "random")
