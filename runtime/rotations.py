@@ -66,24 +66,41 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     return m.reshape(q.shape[:-1] + (3, 3))
 
 
+def _quat_candidate_map() -> np.ndarray:
+    """(10, 16): [flattened matrix, 1] @ map = four candidate quaternions, candidate k = 4 q_k * q."""
+    e = {f"m{i}{j}": 3 * i + j for i in range(3) for j in range(3)}
+    one = 9
+    rows = [  # (x, y, z, w) of each candidate as signed sums of matrix entries
+        [[one, "m00", "-m11", "-m22"], ["m01", "m10"], ["m02", "m20"], ["m21", "-m12"]],
+        [["m01", "m10"], [one, "-m00", "m11", "-m22"], ["m12", "m21"], ["m02", "-m20"]],
+        [["m02", "m20"], ["m12", "m21"], [one, "-m00", "-m11", "m22"], ["m10", "-m01"]],
+        [["m21", "-m12"], ["m02", "-m20"], ["m10", "-m01"], [one, "m00", "m11", "m22"]],
+    ]
+    out = np.zeros((10, 16))
+    for k, cand in enumerate(rows):
+        for c, terms in enumerate(cand):
+            for t in terms:
+                if t == one:
+                    out[one, 4 * k + c] = 1.0
+                else:
+                    out[e[t.lstrip("-")], 4 * k + c] = -1.0 if t.startswith("-") else 1.0
+    return out
+
+
+QUAT_CANDIDATES = _quat_candidate_map()
+
+
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """Rotation matrices -> unit quaternions with w >= 0 (branch-free, numerically stable)."""
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # Each candidate is accurate where its denominator is large; pick the largest per element.
-    cands = np.stack([
-        np.stack([1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0],
-                  m[..., 2, 1] - m[..., 1, 2]], -1),
-        np.stack([m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1],
-                  m[..., 0, 2] - m[..., 2, 0]], -1),
-        np.stack([m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22,
-                  m[..., 1, 0] - m[..., 0, 1]], -1),
-        np.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1],
-                  1 + m00 + m11 + m22], -1),
-    ], axis=-2)
-    diag = np.stack([cands[..., 0, 0], cands[..., 1, 1], cands[..., 2, 2], cands[..., 3, 3]], -1)
-    best = np.argmax(diag, axis=-1)
+    """Rotation matrices -> unit quaternions with w >= 0.
+
+    Four candidates are linear in the matrix entries; the one with the largest own component is exact
+    to rounding (the same scheme the exported step graph uses).
+    """
+    cands = (m.reshape(m.shape[:-2] + (9,)) @ QUAT_CANDIDATES[:9] + QUAT_CANDIDATES[9])
+    cands = cands.reshape(m.shape[:-2] + (4, 4))
+    best = np.argmax(np.einsum("...ii->...i", cands), axis=-1)
     q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
-    q = quat_normalize(q)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     return np.where(q[..., 3:4] < 0, -q, q)
 
 

@@ -1,0 +1,164 @@
+"""Bake a clip from a model: `python -m runtime.bake OUT [--model DIR] [--frames N] ...`.
+
+The output format follows OUT's suffix: .npz (every array), .bvh (any DCC), .glb (Godot 4, Blender).
+With several characters, .bvh and .glb get one file per character (OUT_0.glb, OUT_1.glb, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .bvh import write_bvh
+from .controller import Controller
+from .gltf import write_glb
+from .model import MotionModel, ModelError, load_model
+from .motion import Motion
+
+FORMATS = (".npz", ".bvh", ".glb")
+EXAMPLES = """examples:
+  python -m runtime.bake clip.npz                         # 300 frames from the shipped default model
+  python -m runtime.bake walk.glb --frames 900 --seed 3   # open in Godot 4 or Blender
+  python -m runtime.bake walk.bvh --model models/mine --start 2 --preview walk.gif
+  python -m runtime.bake crowd.npz --characters 16
+"""
+
+
+class BakeError(ValueError):
+    """Bad bake arguments; the message says which and why."""
+
+
+@dataclass
+class Clip:
+    """A baked clip of K characters over T frames (arrays indexed [frame, character, ...])."""
+
+    model: MotionModel
+    root_positions: np.ndarray  # (T, K, 3)
+    rotations: np.ndarray  # (T, K, J, 4) local, the root's in world space
+    positions: np.ndarray  # (T, K, J, 3)
+    contacts: np.ndarray  # (T, K, C)
+    features: np.ndarray  # (T, K, F) raw feature frames
+    resets: np.ndarray  # (T, K) bool
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames."""
+        return len(self.root_positions)
+
+
+def bake(model: MotionModel, frames: int, seed: int | None = 0, characters: int = 1, start: int | None = None,
+         progress: bool = False) -> Clip:
+    """Step a controller frames times and collect every pose."""
+    ctrl = Controller(model, characters, seed=seed)
+    ctrl.reset(start=start)
+    j, c = model.skeleton.n_joints, len(model.layout.contact_joints)
+    out = Clip(model, np.zeros((frames, characters, 3), np.float32), np.zeros((frames, characters, j, 4), np.float32),
+               np.zeros((frames, characters, j, 3), np.float32), np.zeros((frames, characters, c), np.float32),
+               np.zeros((frames, characters, model.frame_size), np.float32), np.zeros((frames, characters), bool))
+    for t in tqdm(range(frames), desc="bake", unit="frame", disable=not progress):
+        p = ctrl.step()
+        out.root_positions[t] = p.root_position
+        out.rotations[t] = p.local_rotations
+        out.positions[t] = p.positions
+        out.contacts[t] = p.contacts
+        out.features[t] = ctrl.features()
+        out.resets[t] = p.reset
+    return out
+
+
+def character_motion(clip: Clip, k: int) -> Motion:
+    """One character of a clip as a Motion (for BVH output)."""
+    skel = clip.model.skeleton
+    trans = np.broadcast_to(skel.offsets, (clip.n_frames, skel.n_joints, 3)).copy()
+    trans[:, 0] = clip.root_positions[:, k]
+    return Motion(skel, clip.rotations[:, k].astype(np.float64), trans, clip.model.fps, f"character{k}")
+
+
+def _paths(out: Path, characters: int) -> list[Path]:
+    if characters == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(characters)]
+
+
+def write_clip(out: Path, clip: Clip) -> list[Path]:
+    """Write a clip in the format of out's suffix; returns the files written."""
+    model = clip.model
+    if out.suffix == ".npz":
+        with atomic_path(out, suffix=".npz") as tmp:
+            np.savez(tmp, fps=np.float64(model.fps), skeleton=np.array(model.skeleton.to_json()),
+                     layout=np.array(model.layout.to_json()), root_positions=clip.root_positions,
+                     local_rotations=clip.rotations, world_positions=clip.positions, contacts=clip.contacts,
+                     features=clip.features, resets=clip.resets, model=np.array(json.dumps(
+                         {"name": model.name, "path": str(model.path)})))
+        return [out]
+    paths = _paths(out, clip.root_positions.shape[1])
+    for k, path in enumerate(paths):
+        if out.suffix == ".bvh":
+            write_bvh(path, character_motion(clip, k))
+        else:
+            write_glb(path, model.skeleton, model.fps, clip.root_positions[:, k], clip.rotations[:, k],
+                      name=f"{model.name}_{k}" if len(paths) > 1 else model.name)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m runtime.bake", description=__doc__.split("\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help=f"output file: {', '.join(FORMATS)}")
+    p.add_argument("--model", help="model directory (default: the shipped default model)")
+    p.add_argument("--frames", type=int, default=300, help="frames to bake (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the latents (default 0)")
+    p.add_argument("--characters", type=int, default=1, help="characters baked side by side (default 1)")
+    p.add_argument("--start", type=int, help="start frame index from the model's start frames (default random)")
+    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+    p.add_argument("--preview", metavar="GIF", help="also render a stick-figure animation of character 0")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.suffix.lower() not in FORMATS:
+        raise BakeError(f"{out}: unknown output format {out.suffix!r} (expected {', '.join(FORMATS)})")
+    for path in [out] + ([Path(args.preview)] if args.preview else []):
+        if not path.parent.is_dir():
+            raise BakeError(f"{path}: the output folder {path.parent} does not exist")
+    if args.preview and Path(args.preview).suffix.lower() != ".gif":
+        raise BakeError(f"{args.preview}: --preview writes a .gif")
+    if args.frames < 1 or args.characters < 1:
+        raise BakeError("--frames and --characters must be at least 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        _check_args(args)
+        model = load_model(args.model, providers=args.providers)
+        if args.start is not None and not 0 <= args.start < len(model.start_frames):
+            raise BakeError(f"--start {args.start}: the model has start frames 0..{len(model.start_frames) - 1}")
+    except (BakeError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet)
+    written = write_clip(Path(args.out), clip)
+    if args.preview:
+        from .preview import animate
+
+        animate(args.preview, clip.positions[:, 0], model.skeleton.parents, model.fps, title=model.name)
+    resets = int(clip.resets.sum())
+    print(f"baked {args.frames} frames x {args.characters} character(s) at {model.fps:g} fps from {model.name} "
+          f"({model.providers[0]}) -> {', '.join(map(str, written))}"
+          + (f"; {resets} divergence reset(s)" if resets else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

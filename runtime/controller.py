@@ -1,0 +1,164 @@
+"""Controller: N characters stepped together through the decoder, returning engine-ready poses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .features import frame_to_pose
+from .model import MotionModel
+
+CHARACTER_SPACING_M = 2.0  # characters start side by side along +X, this far apart
+
+
+@dataclass
+class Poses:
+    """One frame of every character: float32 arrays with the character index first.
+
+    local_rotations are (x, y, z, w) relative to each parent with the skeleton offsets as rest translations;
+    the root's entry is its world rotation. Quaternions keep the previous frame's hemisphere.
+    """
+
+    frame: int
+    root_position: np.ndarray  # (N, 3)
+    root_rotation: np.ndarray  # (N, 4)
+    local_rotations: np.ndarray  # (N, J, 4)
+    positions: np.ndarray  # (N, J, 3) world joint positions
+    contacts: np.ndarray  # (N, C)
+    reset: np.ndarray  # (N,) bool: put back on a start frame by the divergence guard this step
+
+    def copy(self) -> "Poses":
+        """A copy that later steps do not overwrite."""
+        return Poses(self.frame, *(np.array(getattr(self, k)) for k in
+                                   ("root_position", "root_rotation", "local_rotations", "positions",
+                                    "contacts", "reset")))
+
+
+class _State:
+    """The per-character state the step graph reads, in buffers onnxruntime reads and writes in place."""
+
+    def __init__(self, n: int, cond: int, joints: int) -> None:
+        self.condition = np.zeros((n, cond), np.float32)
+        self.origin = np.zeros((n, 3), np.float32)
+        self.yaw = np.zeros((n, 1), np.float32)
+        self.rotations = np.zeros((n, joints, 4), np.float32)
+        self.rotations[..., 3] = 1.0
+
+
+class Controller:
+    """Steps n_characters through a MotionModel; random latents by default, or given ones.
+
+    Each step is one onnxruntime call on pre-bound buffers: two state sets swap roles every step, so the
+    hot path allocates nothing. The arrays of a returned Poses are reused by later steps: copy to keep.
+    """
+
+    def __init__(self, model: MotionModel, n_characters: int = 1, seed: int | None = None) -> None:
+        if n_characters < 1:
+            raise ValueError(f"n_characters must be at least 1, got {n_characters}")
+        self.model = model
+        self.n = n_characters
+        self.rng = np.random.default_rng(seed)
+        j, f = model.skeleton.n_joints, model.frame_size
+        self._z = np.zeros((self.n, model.latent_size), np.float32)
+        self._states = (_State(self.n, model.n_cond * f, j), _State(self.n, model.n_cond * f, j))
+        self._positions = np.zeros((self.n, j, 3), np.float32)
+        self._contacts = np.zeros((self.n, len(model.layout.contact_joints)), np.float32)
+        self._diverged = np.zeros(self.n, dtype=bool)
+        self._next_frame = np.zeros((self.n, f), np.float32)
+        self._bindings = (self._bind(*self._states), self._bind(*self._states[::-1]))
+        self._current = 0  # index of the state set that holds the latest frame
+        self.home = np.zeros((self.n, 3), np.float32)
+        self.home[:, 0] = (np.arange(self.n) - (self.n - 1) / 2) * CHARACTER_SPACING_M
+        self.frame = 0
+        self.reset()
+
+    def _bind(self, src: _State, dst: _State):
+        b = self.model.decoder.io_binding()
+        for name, arr in (("z", self._z), ("condition", src.condition), ("origin", src.origin),
+                          ("yaw", src.yaw), ("previous_rotations", src.rotations)):
+            b.bind_cpu_input(name, arr)
+        for name, arr in (("next_condition", dst.condition), ("next_origin", dst.origin), ("next_yaw", dst.yaw),
+                          ("rotations", dst.rotations), ("positions", self._positions),
+                          ("contacts", self._contacts), ("diverged", self._diverged),
+                          ("next_frame", self._next_frame)):
+            b.bind_output(name, "cpu", 0, arr.dtype, arr.shape, arr.ctypes.data)
+        return b
+
+    @property
+    def n_characters(self) -> int:
+        """Number of characters stepped together."""
+        return self.n
+
+    @property
+    def state(self) -> _State:
+        """The latest frame's state: condition, origin (character frame on the ground), yaw, rotations."""
+        return self._states[self._current]
+
+    def reset(self, characters: Sequence[int] | np.ndarray | None = None, start: int | None = None,
+              origin: np.ndarray | None = None, yaw: float | np.ndarray | None = None) -> None:
+        """Put characters on a start frame (random when start is None), at origin (default: home) and yaw."""
+        idx = np.arange(self.n) if characters is None else np.asarray(characters, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return
+        if np.any(idx < 0) or np.any(idx >= self.n):
+            raise IndexError(f"character indices must be in [0, {self.n}), got {idx.tolist()}")
+        starts = self.model.start_frames
+        if start is None:
+            pick = self.rng.integers(len(starts), size=idx.size)
+        elif 0 <= start < len(starts):
+            pick = np.full(idx.size, start)
+        else:
+            raise IndexError(f"start must be in [0, {len(starts)}) for this model, got {start}")
+        window = starts[pick]  # (k, n_cond, F) raw
+        st = self.state
+        st.condition[idx] = self.model.normalise(window).reshape(idx.size, -1)
+        st.origin[idx] = self.home[idx] if origin is None else np.broadcast_to(origin, (idx.size, 3))
+        st.yaw[idx, 0] = 0.0 if yaw is None else yaw
+        pose = frame_to_pose(window[:, -1].astype(np.float64), self.model.layout, self.model.skeleton,
+                             st.origin[idx].astype(np.float64), st.yaw[idx, 0].astype(np.float64))
+        st.rotations[idx] = pose.local_rotations
+        self._positions[idx] = pose.positions
+        self._contacts[idx] = pose.contacts
+
+    def _sample_latents(self) -> None:
+        if self.model.codebook is not None:
+            self._z[:] = self.model.codebook[self.rng.integers(len(self.model.codebook), size=self.n)]
+        else:
+            self.rng.standard_normal(out=self._z, dtype=np.float32)
+
+    def _policy_latents(self, control: object) -> np.ndarray:
+        """Latents from the model's control policy (the control issue plugs in here)."""
+        raise ValueError(f"model {self.model.name!r} has no control policy; step without control or "
+                         "train one with `python -m trainer.policy`")
+
+    def step(self, latents: np.ndarray | None = None, control: object | None = None) -> Poses:
+        """Advance every character one frame and return their poses (views: valid until the next step)."""
+        if latents is None and control is not None:
+            latents = self._policy_latents(control)
+        if latents is None:
+            self._sample_latents()
+        else:
+            latents = np.asarray(latents, dtype=np.float32)
+            if latents.shape != self._z.shape:
+                raise ValueError(f"latents must have shape {self._z.shape}, got {latents.shape}")
+            self._z[:] = latents
+        self.model.decoder.run_with_iobinding(self._bindings[self._current])
+        self._current ^= 1
+        self.frame += 1
+        if self._diverged.any():
+            # A diverging character goes back to a start frame where it stood instead of emitting garbage.
+            where = np.flatnonzero(self._diverged)
+            before = self._states[self._current ^ 1]
+            self.reset(where, origin=before.origin[where], yaw=before.yaw[where, 0])
+        return self.poses()
+
+    def features(self) -> np.ndarray:
+        """The latest raw feature frame of every character, (N, F) (a new array)."""
+        return self.model.denormalise(self.state.condition[:, -self.model.frame_size:])
+
+    def poses(self) -> Poses:
+        """The latest poses (views into the controller's buffers)."""
+        rot = self.state.rotations
+        return Poses(self.frame, self._positions[:, 0], rot[:, 0], rot, self._positions, self._contacts,
+                     self._diverged)

@@ -1,0 +1,199 @@
+"""Export a training run to a model directory: decoder.onnx + model.json (see DESIGN.md).
+
+The directory is written beside its destination and renamed into place, so a failed export never
+leaves a half-written model. After writing, a 300-step closed-loop rollout compares onnxruntime with torch.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.model import SCHEMA_VERSION, ModelError, load_model, sha256_file
+
+from .checkpoint import CheckpointError, LoadedRun, load_run, read_checkpoint
+from .config import TrainConfig
+from .data import Frames, Normaliser
+from .models import ModelSpec, MotionVAE
+from .step_graph import INPUTS, OUTPUTS, StepGraph
+
+EXAMPLES = """examples:
+  python -m trainer.export runs/walk --out models/walk
+  python -m trainer.export runs/walk/checkpoint.pt --out models/walk --name walk --licence "CC0"
+"""
+VERIFY_STEPS = 300
+VERIFY_TOLERANCE = 1e-4
+# A character whose normalised frame leaves this band has diverged (z-score units, or minmax halves);
+# the runtime resets it to a start frame.
+BOUND = {"zscore": 40.0, "minmax": 20.0, "none": np.inf}
+OPSET = 17
+
+
+def export_step_onnx(run: LoadedRun, bounds: np.ndarray, path: Path) -> None:
+    """Write the run's runtime step graph (decoder + pose decoding) as ONNX with a dynamic batch axis."""
+    norm = run.normaliser
+    graph = StepGraph(run.decoder.cpu().eval(), norm.shift, norm.scale, bounds, run.layout, run.skeleton).eval()
+    b, j = 2, run.layout.n_joints
+    example = (torch.zeros(b, run.spec.latent), torch.zeros(b, run.spec.cond_size), torch.zeros(b, 3),
+               torch.zeros(b, 1), torch.zeros(b, j, 4))
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for these graphs
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, example, str(path), input_names=INPUTS, output_names=OUTPUTS,
+                          dynamic_axes={name: {0: "batch"} for name in INPUTS + OUTPUTS},
+                          opset_version=OPSET, dynamo=False)
+
+
+def _bounds(kind: str, size: int) -> np.ndarray:
+    bound = BOUND.get(kind, np.inf)
+    return np.array([[-bound] * size, [bound] * size], dtype=np.float32)
+
+
+def model_metadata(run: LoadedRun, name: str, licence: str, data: dict) -> dict:
+    """model.json content, without the file hashes."""
+    norm = run.normaliser
+    size = run.layout.size
+    latent: dict = {"size": run.spec.latent, "prior": "normal"}
+    if run.model.quantizer is not None:
+        latent = {"size": run.spec.latent, "prior": "codebook",
+                  "codebook": run.model.quantizer.codebook.detach().cpu().numpy().round(7).tolist()}
+    source = json.loads(data.get("source", "{}") or "{}")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "kind": "vq" if run.spec.quantize else run.spec.decoder,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fps": run.fps,
+        "skeleton": run.skeleton.to_dict(),
+        "layout": run.layout.to_dict(),
+        "normalisation": {"kind": norm.kind, "shift": norm.shift.tolist(), "scale": norm.scale.tolist(),
+                          "applies_to": "decoder inputs and outputs are normalised"},
+        "bounds": _bounds(norm.kind, size).tolist(),
+        "latent": latent,
+        "condition_frames": run.spec.n_cond,
+        "start_frames": run.start_frames.round(7).tolist(),
+        "data": {"clips": data.get("clips"), "frames": data.get("frames"), "minutes": source.get("minutes"),
+                 "files": len(source.get("files", [])), "mirror": source.get("mirror"), "licence": licence},
+        "training": {"epochs": run.epoch, "spec": run.spec.state()},
+        "files": {},
+        "policies": {},
+    }
+
+
+def verify(run: LoadedRun, folder: Path, steps: int = VERIFY_STEPS, seed: int = 0) -> float:
+    """Max |onnxruntime - torch| over a closed-loop rollout of every start frame with shared latents."""
+    model = load_model(folder)
+    decoder = run.decoder.cpu().eval()
+    rng = np.random.default_rng(seed)
+    cond = model.normalise(model.start_frames).reshape(len(model.start_frames), -1)
+    cond_t = torch.from_numpy(cond.copy())
+    f = model.frame_size
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(steps):
+            z = rng.standard_normal((len(cond), model.latent_size)).astype(np.float32)
+            if model.codebook is not None:
+                z = model.codebook[rng.integers(len(model.codebook), size=len(cond))]
+            ort_next = model.decoder.run(["next_frame"], _decoder_feed(model, z, cond))[0]
+            torch_next = decoder(torch.from_numpy(z), cond_t)
+            worst = max(worst, float(np.abs(ort_next - torch_next.numpy()).max()))
+            cond = np.concatenate([cond[:, f:], ort_next], axis=1)
+            cond_t = torch.cat([cond_t[:, f:], torch_next], dim=1)
+    return worst
+
+
+def _decoder_feed(model, z: np.ndarray, cond: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(z)
+    return {"z": z, "condition": cond, "origin": np.zeros((n, 3), np.float32), "yaw": np.zeros((n, 1), np.float32),
+            "previous_rotations": np.zeros((n, model.skeleton.n_joints, 4), np.float32)}
+
+
+def untrained_run(frames: Frames, config: TrainConfig | None = None, seed: int = 0) -> LoadedRun:
+    """A run with freshly initialised weights over frames: for tests and benchmarks of the export path."""
+    config = config or TrainConfig()
+    torch.manual_seed(seed)
+    spec = ModelSpec(**{**{k: getattr(config, k) for k in ModelSpec.__dataclass_fields__ if hasattr(config, k)},
+                        "frame_size": frames.layout.size})
+    starts = frames.clip_starts[:, None] + np.arange(spec.n_cond)
+    return LoadedRun(path=frames.path, model=MotionVAE(spec).eval(), spec=spec,
+                     normaliser=Normaliser.fit(frames.data, config.normalisation), layout=frames.layout,
+                     skeleton=frames.skeleton, fps=frames.fps, config=config, epoch=0, history=[],
+                     start_frames=frames.data[starts[:16]])
+
+
+def export(run_path: str | Path, out: str | Path, name: str | None = None, licence: str = "unspecified") -> float:
+    """Export a run folder or checkpoint to the model directory out; returns the verification difference."""
+    return export_run(load_run(run_path), out, name, licence, read_checkpoint(run_path).get("data", {}))
+
+
+def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence: str = "unspecified",
+               data: dict | None = None) -> float:
+    """Export a loaded run to the model directory out (replaced atomically); returns the verification difference."""
+    data = data or {}
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ModelError(f"{out}: the parent folder {out.parent} does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        meta = model_metadata(run, name or out.name, licence, data)
+        export_step_onnx(run, np.asarray(meta["bounds"], np.float32), staging / "decoder.onnx")
+        meta["files"]["decoder.onnx"] = {"sha256": sha256_file(staging / "decoder.onnx"),
+                                         "graph": "runtime step (trainer/step_graph.py)",
+                                         "inputs": INPUTS, "outputs": OUTPUTS}
+        (staging / "model.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        diff = verify(run, staging)
+        if not diff < VERIFY_TOLERANCE:
+            raise ModelError(f"{out}: onnxruntime and torch differ by {diff:.2e} (> {VERIFY_TOLERANCE:g}) "
+                             "over the verification rollout; nothing was written")
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return diff
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move new onto out; an existing out is only removed once new is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    new.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a run folder (or its checkpoint.pt) written by trainer.train")
+    p.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
+    p.add_argument("--name", help="model name (default: the folder name)")
+    p.add_argument("--licence", default="unspecified", help="licence note of the training data")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        diff = export(args.run, args.out, args.name, args.licence)
+    except (CheckpointError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {args.run} -> {args.out}: onnxruntime vs torch max difference {diff:.2e} "
+          f"over a {VERIFY_STEPS}-step rollout (tolerance {VERIFY_TOLERANCE:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

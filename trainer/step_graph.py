@@ -1,0 +1,114 @@
+"""The exported runtime step: decoder + denormalisation + root integration + engine-ready pose, in one graph.
+
+Putting the pose decoding inside the ONNX graph makes one onnxruntime call per step do all the work, with
+no Python-level array math in the runtime's hot path (and everything stays on the GPU under CUDA).
+It computes exactly what runtime.features.frame_to_pose and advance_root compute, which the tests check.
+
+Inputs:  z (B, latent), condition (B, n_cond*F) normalised, origin (B, 3), yaw (B, 1),
+         previous_rotations (B, J, 4)  (the last step's output, for quaternion hemisphere continuity)
+Outputs: next_condition (B, n_cond*F), next_origin (B, 3), next_yaw (B, 1), positions (B, J, 3),
+         rotations (B, J, 4) local (x, y, z, w), the root's entry in world space, contacts (B, C),
+         diverged (B,) bool, next_frame (B, F) normalised
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.features import FeatureLayout
+from runtime.rotations import QUAT_CANDIDATES
+from runtime.skeleton import Skeleton
+
+TWO_PI = 2.0 * np.pi
+INPUTS = ["z", "condition", "origin", "yaw", "previous_rotations"]
+OUTPUTS = ["next_condition", "next_origin", "next_yaw", "positions", "rotations", "contacts", "diverged",
+           "next_frame"]
+
+
+def _levi_civita() -> np.ndarray:
+    """(9, 3): the outer product a b^T, flattened, times this matrix is the cross product a x b."""
+    e = np.zeros((3, 3, 3))
+    for i, j, k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+        e[i, j, k], e[j, i, k] = 1.0, -1.0
+    return e.reshape(9, 3)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / torch.sqrt((v * v).sum(dim=-1, keepdim=True))
+
+
+class StepGraph(nn.Module):
+    """One runtime step for a batch of characters; see the module docstring for inputs and outputs.
+
+    Written for a small ONNX graph: at one character the step costs about one microsecond per node, so
+    rotations are built with matmuls against constant matrices rather than element by element.
+    """
+
+    def __init__(self, decoder: nn.Module, shift: np.ndarray, scale: np.ndarray, bounds: np.ndarray,
+                 layout: FeatureLayout, skeleton: Skeleton):
+        super().__init__()
+        self.decoder = decoder
+        self.frame = layout.size
+        self.joints = layout.n_joints
+        self.root = layout.slice("root")
+        self.pos = layout.slice("positions")
+        self.ori = layout.slice("orientations")
+        self.contacts = layout.slice("contacts") if layout.has("contacts") else slice(self.frame, self.frame)
+        f32 = torch.float32
+        bounds = np.nan_to_num(np.asarray(bounds, np.float64), posinf=1e30, neginf=-1e30)
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=f32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=f32))
+        self.register_buffer("centre", torch.as_tensor((bounds[0] + bounds[1]) / 2, dtype=f32))
+        self.register_buffer("radius", torch.as_tensor((bounds[1] - bounds[0]) / 2, dtype=f32))
+        # Joint 0 of the gathered set is the character frame's yaw, the root's parent in world space.
+        self.register_buffer("parents", torch.as_tensor(np.concatenate([[0], skeleton.parents[1:] + 1]),
+                                                        dtype=torch.long))
+        self.register_buffer("quat_map", torch.as_tensor(QUAT_CANDIDATES[:9], dtype=f32))
+        self.register_buffer("quat_bias", torch.as_tensor(QUAT_CANDIDATES[9], dtype=f32))
+        self.register_buffer("cross", torch.as_tensor(_levi_civita(), dtype=f32))
+        self.register_buffer("diag", torch.tensor([0, 5, 10, 15], dtype=torch.long))
+        self.register_buffer("eye4", torch.eye(4, dtype=f32))
+        # turn(yaw) = I + sin * K + (1 - cos) * K @ K for the +Y axis: built with two constant matrices.
+        k = np.array([[0.0, 0, 1], [0, 0, 0], [-1, 0, 0]])
+        self.register_buffer("turn_sin", torch.as_tensor(k.reshape(1, 9), dtype=f32))
+        self.register_buffer("turn_cos", torch.as_tensor((-(k @ k)).reshape(1, 9), dtype=f32))
+        self.register_buffer("turn_one", torch.as_tensor((np.eye(3) + k @ k).reshape(1, 9), dtype=f32))
+
+    def forward(self, z, condition, origin, yaw, previous_rotations):
+        """One step; see the module docstring."""
+        nxt = self.decoder(z, condition)
+        raw = nxt * self.scale + self.shift
+        next_condition = torch.cat([condition[:, self.frame:], nxt], dim=1)
+        delta = raw[:, self.root]
+        # Root: move in the previous character frame, then turn.
+        turn = (torch.sin(yaw) * self.turn_sin + torch.cos(yaw) * self.turn_cos + self.turn_one).view(-1, 3, 3)
+        step = delta * torch.tensor([1.0, 0.0, 1.0])
+        step = torch.stack([step[:, 0], step[:, 2], step[:, 1]], dim=1)  # (dx, dz, 0) -> (dx, 0, dz)
+        next_origin = origin + (turn @ step.unsqueeze(-1)).squeeze(-1)
+        turned = yaw + delta[:, 2:3]
+        next_yaw = turned - TWO_PI * torch.round(turned / TWO_PI)  # wrapped to [-pi, pi]
+        turn = (torch.sin(next_yaw) * self.turn_sin + torch.cos(next_yaw) * self.turn_cos
+                + self.turn_one).view(-1, 3, 3)
+
+        p = raw[:, self.pos].reshape(-1, self.joints, 3)
+        positions = p @ turn.transpose(1, 2) + next_origin.unsqueeze(1)
+
+        o = raw[:, self.ori].reshape(-1, self.joints, 6)
+        c0 = _unit(o[..., 0:3])
+        b = o[..., 3:6]
+        c1 = _unit(b - (c0 * b).sum(dim=-1, keepdim=True) * c0)
+        c2 = (c0.unsqueeze(-1) * c1.unsqueeze(-2)).reshape(-1, self.joints, 9) @ self.cross
+        rows = torch.cat([c0, c1, c2], dim=-1).reshape(-1, self.joints, 3, 3)  # rows = columns of M
+        frames = torch.cat([turn.transpose(1, 2).unsqueeze(1), rows], dim=1)  # (B, 1+J, 3, 3), transposed
+        local = frames[:, self.parents] @ rows.transpose(-1, -2)  # parent^T @ M, the root's parent = turn^T
+
+        cands = local.reshape(-1, self.joints, 9) @ self.quat_map + self.quat_bias  # (B, J, 16)
+        pick = self.eye4[torch.index_select(cands, 2, self.diag).argmax(dim=-1)]  # one-hot (B, J, 4)
+        q = (pick.unsqueeze(-2) @ cands.reshape(-1, self.joints, 4, 4)).squeeze(-2)
+        q = _unit(q)
+        q = torch.where((q * previous_rotations).sum(dim=-1, keepdim=True) < 0, -q, q)
+
+        # NaN fails the comparison too, so this also catches non-finite frames.
+        inside = (torch.abs(nxt - self.centre) <= self.radius).all(dim=1)
+        return next_condition, next_origin, next_yaw, positions, q, raw[:, self.contacts], ~inside, nxt
