@@ -1,0 +1,1 @@
+"""The Blender extension (extension/) and its build tool (`python -m blender_addon.build`)."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .atomic import atomic_path
 from .bvh import write_bvh
@@ -61,7 +60,12 @@ def bake(model: MotionModel, frames: int, seed: int | None = 0, characters: int 
     out = Clip(model, np.zeros((frames, characters, 3), np.float32), np.zeros((frames, characters, j, 4), np.float32),
                np.zeros((frames, characters, j, 3), np.float32), np.zeros((frames, characters, c), np.float32),
                np.zeros((frames, characters, model.frame_size), np.float32), np.zeros((frames, characters), bool))
-    for t in tqdm(range(frames), desc="bake", unit="frame", disable=not progress):
+    steps = range(frames)
+    if progress:
+        from tqdm import tqdm  # imported here: Blender bundles this module without tqdm
+
+        steps = tqdm(steps, desc="bake", unit="frame")
+    for t in steps:
         p = ctrl.step()
         out.root_positions[t] = p.root_position
         out.rotations[t] = p.local_rotations

@@ -16,7 +16,7 @@ from .skeleton import Skeleton
 BONE_WIDTH_M = 0.03
 
 
-def _bone_mesh(skel: Skeleton, world_rest: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def bone_mesh(skel: Skeleton, world_rest: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Positions (V, 3), joints (V, 4) u16, weights (V, 4) and triangle indices (I,) u16: a box per bone."""
     corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (0, 1)], dtype=np.float64)
     faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
@@ -72,15 +72,15 @@ def write_glb(path: str | os.PathLike, skel: Skeleton, fps: float, root_position
     times = add((np.arange(t) / fps).astype(np.float32), g.SCALAR, minmax=True)
     samplers, channels = [], []
     translations = add(np.ascontiguousarray(root_positions, np.float32), g.VEC3)
-    samplers.append(g.AnimationSampler(input=times, output=translations, interpolation=g.LINEAR))
+    samplers.append(g.AnimationSampler(input=times, output=translations, interpolation=g.ANIM_LINEAR))
     channels.append(g.AnimationChannel(sampler=0, target=g.AnimationChannelTarget(node=0, path="translation")))
     for j in range(skel.n_joints):
         q = add(np.ascontiguousarray(rotations[:, j], np.float32), g.VEC4)
-        samplers.append(g.AnimationSampler(input=times, output=q, interpolation=g.LINEAR))
+        samplers.append(g.AnimationSampler(input=times, output=q, interpolation=g.ANIM_LINEAR))
         channels.append(g.AnimationChannel(sampler=len(samplers) - 1,
                                            target=g.AnimationChannelTarget(node=j, path="rotation")))
 
-    positions, joints, weights, indices = _bone_mesh(skel, world_rest)
+    positions, joints, weights, indices = bone_mesh(skel, world_rest)
     prim = g.Primitive(attributes=g.Attributes(POSITION=add(positions, g.VEC3, g.ARRAY_BUFFER, minmax=True),
                                                JOINTS_0=add(joints, g.VEC4, g.ARRAY_BUFFER),
                                                WEIGHTS_0=add(weights, g.VEC4, g.ARRAY_BUFFER)),

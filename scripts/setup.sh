@@ -10,12 +10,13 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   exit 2
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+EXTRAS="train,dev,export,bridge,blender"
+stamp=.venv/.installed-$( (cat pyproject.toml; echo "$EXTRAS") | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "setting up .venv (first run only) ..."
   log=.venv/pip-install.log
   # torch is pinned to the CPU build that pip finds locally; a looser pin would download several GB.
-  if ! .venv/bin/python -m pip install -e ".[train,dev,export,bridge]" >"$log" 2>&1; then
+  if ! .venv/bin/python -m pip install -e ".[$EXTRAS]" >"$log" 2>&1; then
     tail -20 "$log" >&2
     echo "error: pip install failed; the whole log is in $log" >&2
     exit 2

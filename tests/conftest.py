@@ -51,3 +51,29 @@ def random_motion(skeleton: Skeleton, n_frames: int = 120, fps: float = 30.0, se
     trans[:, 0] = np.stack([np.cumsum(rng.normal(0, 0.02, n_frames)), 0.9 + 0.03 * np.sin(6 * t[:, 0]),
                             speed * t[:, 0]], axis=-1)
     return Motion(skeleton, rot, trans, fps, "random")
+
+
+@pytest.fixture(scope="session")
+def frames_path(tmp_path_factory) -> Path:
+    """A small frames.npz prepared from procedural locomotion (licence-free, made on the fly)."""
+    from trainer.prepare import prepare, save_frames
+    from trainer.procedural import generate_dataset
+
+    folder = tmp_path_factory.mktemp("frames")
+    files = generate_dataset(folder / "bvh", n_clips=3, seconds=12, seed=5, progress=False)
+    path = folder / "frames.npz"
+    save_frames(path, prepare(files, mirror=True, progress=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, frames_path) -> Path:
+    """A real model directory (ONNX + model.json) exported from an untrained, small network."""
+    from trainer.config import TrainConfig
+    from trainer.data import load_frames
+    from trainer.export import export_run, untrained_run
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    run = untrained_run(load_frames(frames_path), TrainConfig(hidden=64), seed=1)
+    export_run(run, out, name="tiny", licence="test data")
+    return out

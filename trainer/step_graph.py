@@ -67,6 +67,7 @@ class StepGraph(nn.Module):
         self.register_buffer("quat_map", torch.as_tensor(QUAT_CANDIDATES[:9], dtype=f32))
         self.register_buffer("quat_bias", torch.as_tensor(QUAT_CANDIDATES[9], dtype=f32))
         self.register_buffer("cross", torch.as_tensor(_levi_civita(), dtype=f32))
+        self.register_buffer("ground", torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, 0, 0]]))
         self.register_buffer("diag", torch.tensor([0, 5, 10, 15], dtype=torch.long))
         self.register_buffer("eye4", torch.eye(4, dtype=f32))
         # turn(yaw) = I + sin * K + (1 - cos) * K @ K for the +Y axis: built with two constant matrices.
@@ -83,8 +84,7 @@ class StepGraph(nn.Module):
         delta = raw[:, self.root]
         # Root: move in the previous character frame, then turn.
         turn = (torch.sin(yaw) * self.turn_sin + torch.cos(yaw) * self.turn_cos + self.turn_one).view(-1, 3, 3)
-        step = delta * torch.tensor([1.0, 0.0, 1.0])
-        step = torch.stack([step[:, 0], step[:, 2], step[:, 1]], dim=1)  # (dx, dz, 0) -> (dx, 0, dz)
+        step = delta @ self.ground  # (dx, dz, dyaw) -> (dx, 0, dz)
         next_origin = origin + (turn @ step.unsqueeze(-1)).squeeze(-1)
         turned = yaw + delta[:, 2:3]
         next_yaw = turned - TWO_PI * torch.round(turned / TWO_PI)  # wrapped to [-pi, pi]
@@ -100,8 +100,9 @@ class StepGraph(nn.Module):
         c1 = _unit(b - (c0 * b).sum(dim=-1, keepdim=True) * c0)
         c2 = (c0.unsqueeze(-1) * c1.unsqueeze(-2)).reshape(-1, self.joints, 9) @ self.cross
         rows = torch.cat([c0, c1, c2], dim=-1).reshape(-1, self.joints, 3, 3)  # rows = columns of M
-        frames = torch.cat([turn.transpose(1, 2).unsqueeze(1), rows], dim=1)  # (B, 1+J, 3, 3), transposed
-        local = frames[:, self.parents] @ rows.transpose(-1, -2)  # parent^T @ M, the root's parent = turn^T
+        # Transposed frames; the root's parent is the yaw, so its local rotation comes out in world space.
+        frames = torch.cat([turn.unsqueeze(1), rows], dim=1)  # (B, 1+J, 3, 3)
+        local = frames[:, self.parents] @ rows.transpose(-1, -2)  # parent^T @ M
 
         cands = local.reshape(-1, self.joints, 9) @ self.quat_map + self.quat_bias  # (B, J, 16)
         pick = self.eye4[torch.index_select(cands, 2, self.diag).argmax(dim=-1)]  # one-hot (B, J, 4)

@@ -1,0 +1,243 @@
+"""The panel's buttons. Each checks everything first and changes the scene only once nothing can fail."""
+# No `from __future__ import annotations` here: Blender reads operator annotations as property definitions.
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+import numpy as np
+from bpy.props import StringProperty
+from bpy_extras.io_utils import ExportHelper
+
+from . import live, models
+from .action import bone_channel, write_action
+from .bonemap import auto_match
+from .errors import AddonError
+from .export import export_animation
+from .motion import run
+from .props import POLICY_OF_MODE
+from .retarget import Binding, bind, pose
+from .rig import create_armature, read_rest, use_quaternions
+from .runtime.model import ModelError, MotionModel
+
+
+def reports_errors(execute):
+    """Turn the user's mistakes (AddonError, ModelError) into an error report and a cancelled operator."""
+    @functools.wraps(execute)
+    def guarded(self, context):
+        try:
+            return execute(self, context)
+        except (AddonError, ModelError) as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+    return guarded
+
+
+def _armature(context: bpy.types.Context) -> bpy.types.Object:
+    """The target armature: the panel's, else the active object; AddonError when there is none."""
+    obj = context.scene.motion_vae.armature or context.active_object
+    if obj is None or obj.type != "ARMATURE":
+        raise AddonError("No armature: pick one as the target in the Motion VAE panel, select one, "
+                         "or press Create Armature.")
+    if obj.mode == "EDIT":
+        raise AddonError(f"'{obj.name}' is in Edit Mode: leave it first.")
+    return obj
+
+
+def _stored_map(obj: bpy.types.Object) -> dict[str, str]:
+    """The bone map saved on an armature object (empty if never made)."""
+    return {row.joint: row.bone for row in obj.motion_vae.bone_map}
+
+
+def _store_map(obj: bpy.types.Object, mapping: dict[str, str]) -> None:
+    """Save a bone map on an armature object, replacing its table."""
+    rows = obj.motion_vae.bone_map
+    rows.clear()
+    for joint, bone in mapping.items():
+        row = rows.add()
+        row.joint, row.bone = joint, bone
+
+
+@dataclass
+class _Target:
+    """Everything a bake or a live session needs, checked."""
+
+    model: MotionModel
+    obj: bpy.types.Object
+    mapping: dict[str, str]
+    binding: Binding
+    seed: int
+    start: int | None
+
+    @property
+    def key(self) -> tuple:
+        """What a live session made from this target depends on."""
+        return self.obj.name, self.model.path, self.seed, self.start, tuple(self.mapping.items())
+
+    def session(self) -> live.LiveSession:
+        """A live session on this target."""
+        return live.LiveSession(self.model, self.binding, self.obj, self.seed, self.start, self.key)
+
+    def commit(self) -> None:
+        """The changes every driving operator makes: the bone map saved, quaternion rotation on driven bones."""
+        if _stored_map(self.obj) != self.mapping:
+            _store_map(self.obj, self.mapping)
+        use_quaternions(self.obj, self.binding.bone_names)
+
+
+def _target(context: bpy.types.Context) -> _Target:
+    """The model, armature and bone map of the panel, checked; nothing in the scene changes."""
+    settings = context.scene.motion_vae
+    obj = _armature(context)
+    model = models.load(settings.model_dir)
+    task = POLICY_OF_MODE.get(settings.mode)
+    if task is not None and task not in model.policies:
+        raise AddonError(f"Mode '{settings.mode.title()}' needs a '{task}' control policy, which model "
+                         f"'{model.name}' does not have; use Random walk.")
+    start = None if settings.start < 0 else settings.start
+    if start is not None and start >= len(model.start_frames):
+        raise AddonError(f"Start {start}: model '{model.name}' has start frames 0 to {len(model.start_frames) - 1} "
+                         "(-1 lets the seed pick).")
+    # An empty table (a rig never mapped) is matched by name on first use.
+    mapping = _stored_map(obj) or auto_match(model.skeleton.names, [b.name for b in obj.data.bones])
+    return _Target(model, obj, mapping, bind(model.skeleton, read_rest(obj), mapping), settings.seed, start)
+
+
+def _set_scene_fps(scene: bpy.types.Scene, fps: float) -> None:
+    """Scene fps = the model's (24 would stretch the clip); fps_base carries fractional rates like 29.97."""
+    scene.render.fps = max(1, round(fps))
+    scene.render.fps_base = scene.render.fps / fps
+
+
+class MOTION_VAE_OT_create_armature(bpy.types.Operator):
+    """Create an armature (with a simple body mesh) from the model's skeleton and make it the target"""
+
+    bl_idname = "motion_vae.create_armature"
+    bl_label = "Create Armature"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @reports_errors
+    def execute(self, context):
+        model = models.load(context.scene.motion_vae.model_dir)
+        obj = create_armature(context, model.skeleton, model.name)
+        _store_map(obj, {name: name for name in model.skeleton.names})
+        context.scene.motion_vae.armature = obj
+        self.report({"INFO"}, f"Created '{obj.name}' with {model.skeleton.n_joints} bones from '{model.name}'.")
+        return {"FINISHED"}
+
+
+class MOTION_VAE_OT_auto_map(bpy.types.Operator):
+    """Fill the bone map by matching the model's joint names to the armature's bone names"""
+
+    bl_idname = "motion_vae.auto_map"
+    bl_label = "Auto-match Bones"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @reports_errors
+    def execute(self, context):
+        obj = _armature(context)
+        model = models.load(context.scene.motion_vae.model_dir)
+        mapping = auto_match(model.skeleton.names, [b.name for b in obj.data.bones])
+        _store_map(obj, mapping)
+        missing = [joint for joint, bone in mapping.items() if not bone]
+        self.report({"WARNING"} if missing else {"INFO"},
+                    f"Matched {len(mapping) - len(missing)} of {len(mapping)} joints"
+                    + (f"; pick bones for: {', '.join(missing)}." if missing else "."))
+        return {"FINISHED"}
+
+
+class MOTION_VAE_OT_bake(bpy.types.Operator):
+    """Bake the model's motion onto the armature as a new Action (the current one is kept)"""
+
+    bl_idname = "motion_vae.bake"
+    bl_label = "Bake"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @reports_errors
+    def execute(self, context):
+        settings, scene = context.scene.motion_vae, context.scene
+        target = _target(context)
+        began = time.perf_counter()
+        roots, rotations = run(target.model, settings.frames, target.seed, target.start)
+        rig_pose = pose(target.binding, roots, rotations)
+        live.end()  # a live session would keep overwriting the pose the new Action sets
+        target.commit()
+        channels = [bone_channel(bone, "rotation_quaternion", rig_pose.quaternions[:, m])
+                    for m, bone in enumerate(target.binding.bone_names)]
+        channels.append(bone_channel(target.binding.root_bone, "location", rig_pose.root_location))
+        frames = scene.frame_start + np.arange(settings.frames)
+        action = write_action(target.obj, f"{target.model.name} seed {target.seed}", frames, channels)
+        _set_scene_fps(scene, target.model.fps)
+        scene.frame_end = int(frames[-1])
+        scene.frame_set(scene.frame_current)
+        self.report({"INFO"}, f"Baked {settings.frames} frames onto '{target.obj.name}' as Action '{action.name}' "
+                              f"in {time.perf_counter() - began:.2f} s.")
+        return {"FINISHED"}
+
+
+class MOTION_VAE_OT_play(bpy.types.Operator):
+    """Drive the armature live at the model's fps (resumes where Stop left it)"""
+
+    bl_idname = "motion_vae.play"
+    bl_label = "Play"
+
+    @reports_errors
+    def execute(self, context):
+        target = _target(context)
+        current = live.session()
+        if current is None or current.key != target.key:
+            target.commit()
+            live.begin(target.session())
+        live.play()
+        return {"FINISHED"}
+
+
+class MOTION_VAE_OT_stop(bpy.types.Operator):
+    """Stop live play (the armature keeps its last pose)"""
+
+    bl_idname = "motion_vae.stop"
+    bl_label = "Stop"
+
+    def execute(self, context):
+        live.stop()
+        return {"FINISHED"}
+
+
+class MOTION_VAE_OT_reset(bpy.types.Operator):
+    """Put the live character back on the start frame of the seed"""
+
+    bl_idname = "motion_vae.reset"
+    bl_label = "Reset"
+
+    @reports_errors
+    def execute(self, context):
+        target = _target(context)
+        was_playing = live.playing()
+        target.commit()
+        live.begin(target.session())
+        if was_playing:
+            live.play()
+        return {"FINISHED"}
+
+
+class MOTION_VAE_OT_export_animation(bpy.types.Operator, ExportHelper):
+    """Export the armature and its baked Action to .glb (Godot, engines) or .fbx"""
+
+    bl_idname = "motion_vae.export_animation"
+    bl_label = "Export Animation"
+    filename_ext = ".glb"
+    check_extension = None  # the suffix the user types (.glb or .fbx) picks the format
+    filter_glob: StringProperty(default="*.glb;*.fbx", options={"HIDDEN"})
+
+    @reports_errors
+    def execute(self, context):
+        obj = _armature(context)
+        path = Path(bpy.path.abspath(self.filepath))
+        export_animation(context, obj, path)
+        self.report({"INFO"}, f"Exported '{obj.name}' to {path}.")
+        return {"FINISHED"}
+
+
+CLASSES = (MOTION_VAE_OT_create_armature, MOTION_VAE_OT_auto_map, MOTION_VAE_OT_bake, MOTION_VAE_OT_play,
+           MOTION_VAE_OT_stop, MOTION_VAE_OT_reset, MOTION_VAE_OT_export_animation)

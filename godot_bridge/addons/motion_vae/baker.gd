@@ -1,0 +1,105 @@
+class_name MotionVAEBaker
+extends Node
+## Records frames of one character into an Animation inside an AnimationLibrary saved with ResourceSaver.
+##
+## Tracks target skeleton's bones (through bone_map, with the same rest-pose compensation as
+## MotionVAESkeletonModifier): one rotation track per mapped bone and a position track for the root.
+## Keys sit at the frames' own times, so frames a realtime server dropped leave no hitch.
+
+## Emitted once the library is saved (err is OK) or failed to save.
+signal baked(path: String, err: Error)
+
+@export var client: MotionVAEClient
+## The skeleton the animation is made for: its bone names and rest pose.
+@export var skeleton: Skeleton3D
+@export var character_id := 0
+## Model bone name -> skeleton bone name; bones not listed are matched by their own name.
+@export var bone_map: Dictionary = {}
+@export_range(1, 100000) var frame_count := 300
+@export var animation_name := "motion_vae"
+## Where to save the AnimationLibrary (.tres for text, .res for binary).
+@export_file("*.tres", "*.res") var output_path := "res://motion_vae_library.tres"
+## Track paths are "<this>:<bone>"; empty uses the skeleton's node name (an AnimationPlayer beside it).
+@export var skeleton_path := NodePath("")
+@export var position_scale := 1.0
+
+var _recording := false
+var _retarget := MotionVAERetarget.new()
+var _first := -1
+var _times := PackedFloat32Array()
+var _rotations: Array[Quaternion] = []  # frame-major: frame * bones + bone
+var _positions := PackedVector3Array()
+
+
+## Starts recording the next frame_count frames; fails when client, skeleton or bones are missing.
+func start() -> Error:
+	if client == null or skeleton == null or client.bone_names.is_empty():
+		push_error("MotionVAEBaker: set client and skeleton, and start once the client is connected")
+		return ERR_UNCONFIGURED
+	var problem := _retarget.setup(skeleton, client.bone_names, bone_map)
+	if problem != "":
+		push_error("MotionVAEBaker: " + problem)
+		return ERR_INVALID_DATA
+	_first = -1
+	_times.clear()
+	_rotations.clear()
+	_positions.clear()
+	if not client.frame_received.is_connected(_on_frame):
+		client.frame_received.connect(_on_frame)
+	_recording = true
+	return OK
+
+
+## Whether frames are being recorded.
+func is_recording() -> bool:
+	return _recording
+
+
+func _on_frame(frame: MotionVAEFrame) -> void:
+	var index := frame.index_of(character_id)
+	if not _recording or index < 0:
+		return
+	if _first < 0:
+		_first = frame.frame
+	_times.append((frame.frame - _first) / float(client.hello.get("fps", 30.0)))
+	for i in _retarget.targets.size():
+		_rotations.append(_retarget.bone_rotation(frame, index, i))
+	_positions.append(_retarget.root_position(frame, index, position_scale))
+	if _times.size() >= frame_count:
+		_recording = false
+		client.frame_received.disconnect(_on_frame)
+		var err := save()
+		baked.emit(output_path, err)
+
+
+## Builds the Animation from the recorded frames.
+func build_animation() -> Animation:
+	var anim := Animation.new()
+	var fps := float(client.hello.get("fps", 30.0))
+	anim.length = (_times[_times.size() - 1] if not _times.is_empty() else 0.0) + 1.0 / fps
+	anim.step = 1.0 / fps
+	var prefix := str(skeleton_path) if not skeleton_path.is_empty() else str(skeleton.name)
+	var bones := _retarget.targets.size()
+	var root := _retarget.targets[0]
+	var track := anim.add_track(Animation.TYPE_POSITION_3D)
+	anim.track_set_path(track, "%s:%s" % [prefix, skeleton.get_bone_name(root)])
+	for k in _times.size():
+		anim.position_track_insert_key(track, _times[k], _positions[k])
+	for i in bones:
+		if _retarget.targets[i] < 0:
+			continue
+		track = anim.add_track(Animation.TYPE_ROTATION_3D)
+		anim.track_set_path(track, "%s:%s" % [prefix, skeleton.get_bone_name(_retarget.targets[i])])
+		for k in _times.size():
+			anim.rotation_track_insert_key(track, _times[k], _rotations[k * bones + i])
+	return anim
+
+
+## Saves the recorded frames as animation_name in an AnimationLibrary at output_path.
+func save() -> Error:
+	var library := AnimationLibrary.new()
+	library.add_animation(animation_name, build_animation())
+	var err := ResourceSaver.save(library, output_path)
+	if err != OK:
+		push_error("MotionVAEBaker: cannot save %s (%s)" % [output_path, error_string(err)])
+	return err
