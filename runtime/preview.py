@@ -71,29 +71,35 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 def animate(path: str | os.PathLike, positions: np.ndarray, parents: np.ndarray, fps: float,
             title: str = "", max_frames: int = 300) -> None:
-    """Write an animated GIF of a clip's world positions (T, J, 3), the camera following the root."""
+    """Write an animated GIF of a clip's world positions (T, J, 3): side and front views following the root."""
     plt = _pyplot()
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    positions = positions[:max_frames]
-    bones = _bones(parents)
-    fig = plt.figure(figsize=(5, 5))
-    ax = fig.add_subplot(projection="3d")
-    lines = [ax.plot([], [], [], color="tab:blue", lw=2)[0] for _ in bones]
-    ax.set_box_aspect((1, 1, 1))
+    stride = 2 if fps > 20 else 1  # GIF frame delays are coarse anyway; halve the drawing work
+    positions = positions[:max_frames:stride]
+    fps /= stride
+    bones = np.array(_bones(parents))
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2), dpi=72)
+    views = ((2, "side (z, y)"), (0, "front (x, y)"))  # horizontal axis of each panel
+    lines = []
+    for ax, (_, name) in zip(axes, views):
+        ax.set_xlim(-1.0, 1.0)
+        ax.set_ylim(-0.05, 1.95)
+        ax.set_aspect("equal")
+        ax.axhline(0, color="0.6", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        lines.append([ax.plot([], [], color="tab:blue", lw=2)[0] for _ in bones])
+    label = fig.suptitle(title, fontsize=9)
 
     def draw(f: int):
         p = positions[f]
-        cx, cz = p[0, 0], p[0, 2]
-        ax.set_xlim(cx - 1, cx + 1)
-        ax.set_ylim(cz - 1, cz + 1)
-        ax.set_zlim(0, 2)
-        for line, (a, b) in zip(lines, bones):
-            # matplotlib's 3D axes are Z up: plot (x, z, y).
-            line.set_data(p[[a, b], 0], p[[a, b], 2])
-            line.set_3d_properties(p[[a, b], 1])
-        ax.set_title(f"{title} frame {f}")
-        return lines
+        for panel, (axis, _) in zip(lines, views):
+            h = p[:, axis] - p[0, axis]  # follow the root
+            for line, (a, b) in zip(panel, bones):
+                line.set_data(h[[a, b]], p[[a, b], 1])
+        label.set_text(f"{title} frame {f * stride}")
+        return [line for panel in lines for line in panel]
 
     anim = FuncAnimation(fig, draw, frames=len(positions), interval=1000 / fps, blit=False)
     with atomic_path(path, suffix=".gif") as tmp:
