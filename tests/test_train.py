@@ -176,7 +176,7 @@ def test_clips_shorter_than_the_rollout(workdir, capsys):
     path = write_frames(workdir / "short.npz", n_clips=4, length=8)
     err = _one_error_line(capsys, [str(path), "--out", str(workdir / "short"), "--config", str(workdir / "tiny.toml"),
                                    "--rollout", "20"])
-    assert "no training clip is long enough" in err
+    assert "is long enough for a window of 21 frames" in err
 
 
 def test_resume_with_another_skeleton(workdir, capsys):

@@ -13,8 +13,9 @@ import torch
 from runtime.features import FeatureLayout
 from runtime.skeleton import Skeleton
 
+from .prepare import MIRROR_SUFFIX
+
 REQUIRED_KEYS = ("data", "end_indices", "layout", "skeleton", "fps")
-MIRROR_SUFFIX = "~mirror"  # trainer.prepare names a clip's mirrored copy NAME~mirror
 
 
 class FramesError(ValueError):
@@ -219,8 +220,8 @@ class RolloutSampler:
         valid = [np.arange(s, e - window + 2) for s, e in zip(starts, ends) if e - s + 1 >= window]
         if not valid:
             longest = int(lengths.max()) if len(lengths) else 0
-            raise FramesError(f"{frames.path}: no training clip is long enough for a rollout window of "
-                              f"{window} frames (longest clip: {longest} frames)")
+            raise FramesError(f"{frames.path}: none of its {len(clips)} selected clips is long enough for a "
+                              f"window of {window} frames (condition + rollout + future; longest: {longest})")
         self.starts = torch.from_numpy(np.concatenate(valid))
         self.window = window
         self.batch_size = batch_size

@@ -210,9 +210,14 @@ class RolloutStats:
         self.outer = np.zeros((len(ref.mean), len(ref.mean)))
         self.count = 0
 
+    @property
+    def alive(self) -> np.ndarray:
+        """Which rollouts have neither turned NaN nor exploded so far."""
+        return ~(self.nan | self.exploded)
+
     def add(self, prev: np.ndarray, chunk: np.ndarray, first_frame: int) -> None:
         """Add frames (B, T, F) of every rollout, raw units; prev (B, F) precedes them."""
-        broken = self.nan | self.exploded
+        broken = ~self.alive
         z = self.ref.zscore(chunk)
         with np.errstate(invalid="ignore", over="ignore"):
             nonfinite = ~np.isfinite(chunk).all(axis=2)                                     # (B, T)
@@ -222,7 +227,7 @@ class RolloutStats:
         self.first_failure[new] = first_frame + bad.argmax(axis=1)[new]
         self.nan |= new & nonfinite.any(axis=1)
         self.exploded |= new & ~nonfinite.any(axis=1)
-        alive = ~(self.nan | self.exploded)
+        alive = self.alive
         if not alive.any():
             return
         frames, z = chunk[alive], z[alive]
@@ -248,8 +253,7 @@ class RolloutStats:
 
     def summary(self) -> dict:
         """The measures as plain data, with the data's own values beside them."""
-        ref, n = self.ref, len(self.nan)
-        alive = ~(self.nan | self.exploded)
+        ref, n, alive = self.ref, len(self.nan), self.alive
         out: dict = {
             "stability": {"rollouts": n, "nan_rollouts": int(self.nan.sum()),
                           "exploded_rollouts": int(self.exploded.sum()),
@@ -300,12 +304,15 @@ def rollouts(model: TorchModel, frames: Frames, ref: DataReference, n: int, leng
     prev = frames.data[(first + k - 1).numpy()].astype(np.float64)
     chunk = ref.window * chunk_windows
     done = 0
-    while done < length:
+    while done < length and stats.alive.any():
         steps = min(chunk, length - done)
         out = torch.empty(n, steps, layout.size, device=model.device)
         for t in range(steps):
             nxt = model.next_frame(model.prior(n, gen), condition.flatten(1))
             out[:, t] = nxt
+            # A diverged rollout is recorded in out; feeding it zeros from here on keeps non-finite
+            # arithmetic (slow on CPUs) away from the batch it shares with healthy rollouts.
+            nxt = torch.nan_to_num(nxt, nan=0.0, posinf=0.0, neginf=0.0)
             condition = torch.cat((condition[:, 1:], nxt[:, None]), dim=1)
         raw = norm.denormalise(out).cpu().numpy().astype(np.float64)
         stats.add(prev, raw, done)
@@ -313,6 +320,7 @@ def rollouts(model: TorchModel, frames: Frames, ref: DataReference, n: int, leng
         done += steps
     result = stats.summary()
     result["stability"]["frames"] = length
+    result["stability"]["frames_simulated"] = done  # less when every rollout failed early
     return result
 
 
@@ -403,6 +411,7 @@ EXAMPLES = """examples:
   python -m trainer.evaluate runs/walk frames.npz
   python -m trainer.evaluate runs/walk/checkpoint.pt frames.npz --rollouts 64 --frames 10000 --json eval.json
   python -m trainer.evaluate runs/walk frames.npz --frames 2000 --strict   # exit 1 when a flag is raised
+  python -m trainer.evaluate runs/walk frames.npz --device cuda --rollouts 256
 """
 
 
@@ -418,12 +427,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"held-out clips for reconstruction (default: the run's, else {DEFAULT_HOLDOUT_EVERY})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", help="where to write the JSON (default: eval.json beside the checkpoint)")
     parser.add_argument("--strict", action="store_true", help="exit with code 1 when any flag is raised")
     args = parser.parse_args(argv)
     try:
-        if args.rollouts < 1 or args.length < 1:
-            raise FramesError("--rollouts and --frames must be at least 1")
+        if args.rollouts < 1 or args.length < 1 or args.threads < 0:
+            raise FramesError("--rollouts and --frames must be at least 1, --threads not negative")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         model = open_model(args.model, args.device)
         frames = load_frames(args.frames)
         every = args.holdout_every

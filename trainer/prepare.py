@@ -27,6 +27,7 @@ from runtime.features import FeatureLayout, decode, encode
 from runtime.motion import Motion
 from runtime.skeleton import Skeleton
 
+MIRROR_SUFFIX = "~mirror"  # a clip's mirrored copy is named NAME~mirror (the trainer's hold-out split pairs them)
 EXAMPLES = """examples:
   python -m trainer.prepare mocap/ -o frames.npz --mirror
   python -m trainer.prepare a.bvh b.bvh -o frames.npz --fps 30 --scale cm --up y
@@ -101,7 +102,7 @@ def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: f
                              f"({motion.skeleton.n_joints} joints vs {skeleton.n_joints}); prepare one skeleton at a time")
         if motion.n_frames < 2:
             raise MocapError(f"{path}: only {motion.n_frames} frame at {fps:g} fps; a clip needs at least 2")
-        variants = [(motion, motion.name)] + ([(motion.mirrored(), motion.name + "~mirror")] if mirror else [])
+        variants = [(motion, motion.name)] + ([(motion.mirrored(), motion.name + MIRROR_SUFFIX)] if mirror else [])
         for clip, name in variants:
             enc = encode(clip, layout)
             chunks.append(enc.features)
