@@ -21,6 +21,15 @@ from trainer.train import main as train_main
 SECTIONS = ("reconstruction", "latent", "stability", "freezing", "sinking", "foot_skating", "frechet", "flags")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("evaluate")

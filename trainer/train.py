@@ -380,6 +380,8 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
         if len(state["rng"]) == world.world:
             set_rng_state(state["rng"][world.rank])
         else:
+            # Resumed on another number of ranks: no saved state fits, so reseed per rank and epoch
+            # (the run continues soundly but no longer replays the uninterrupted one exactly).
             seed_everything(config.seed + 7919 * (world.rank + 1) + epoch0)
     elif world.world > 1:
         seed_everything(config.seed + world.rank)  # different sampling noise on each rank
