@@ -53,6 +53,17 @@ def random_motion(skeleton: Skeleton, n_frames: int = 120, fps: float = 30.0, se
     return Motion(skeleton, rot, trans, fps, "random")
 
 
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def frames_path(tmp_path_factory) -> Path:
     """A small frames.npz prepared from procedural locomotion (licence-free, made on the fly)."""

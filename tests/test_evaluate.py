@@ -21,13 +21,7 @@ from trainer.train import main as train_main
 SECTIONS = ("reconstruction", "latent", "stability", "freezing", "sinking", "foot_skating", "frechet", "flags")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from trainer.models import (EMAQuantizer, KLSchedule, MixtureDecoder, ModelSpec,
                             reconstruction_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def per_sample_weight_blend(decoder: MixtureDecoder, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
