@@ -6,7 +6,7 @@ rollouts of 10,000 frames and prints the KL of every latent dimension. Everythin
 data (frames, checkpoint, logs) lives in a temporary folder and is deleted at the end: the data's
 licence (CC BY-NC-ND 4.0) forbids keeping derived copies.
 
-    python benchmarks/train_bandai.py [--batches-per-epoch 100] [--rollouts 16] [--frames 10000]
+    python benchmarks/train_realdata.py [--batches-per-epoch 100] [--rollouts 16] [--frames 10000]
 
 Exit code 0 when the rollouts are stable and the KL has not collapsed, 1 otherwise.
 """
