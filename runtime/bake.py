@@ -15,6 +15,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .bvh import write_bvh
+from .control import ControlScript
 from .controller import Controller
 from .gltf import write_glb
 from .model import MotionModel, ModelError, load_model
@@ -26,6 +27,8 @@ EXAMPLES = """examples:
   python -m runtime.bake walk.glb --frames 900 --seed 3   # open in Godot 4 or Blender
   python -m runtime.bake walk.bvh --model models/mine --start 2 --preview walk.gif
   python -m runtime.bake crowd.npz --characters 16
+  python -m runtime.bake steer.glb --model models/walk --control joystick.json   # [[t, dir_x, dir_z, speed], ...]
+  python -m runtime.bake route.bvh --model models/walk --control path.json       # [[x, z], ...]
 """
 
 
@@ -52,8 +55,8 @@ class Clip:
 
 
 def bake(model: MotionModel, frames: int, seed: int | None = 0, characters: int = 1, start: int | None = None,
-         progress: bool = False) -> Clip:
-    """Step a controller frames times and collect every pose."""
+         progress: bool = False, control: ControlScript | None = None) -> Clip:
+    """Step a controller frames times and collect every pose; control steers every character with a policy."""
     ctrl = Controller(model, characters, seed=seed)
     ctrl.reset(start=start)
     j, c = model.skeleton.n_joints, len(model.layout.contact_joints)
@@ -66,7 +69,7 @@ def bake(model: MotionModel, frames: int, seed: int | None = 0, characters: int 
 
         steps = tqdm(steps, desc="bake", unit="frame")
     for t in steps:
-        p = ctrl.step()
+        p = ctrl.step(control=None if control is None else control.at(t / model.fps, ctrl.state.origin))
         out.root_positions[t] = p.root_position
         out.rotations[t] = p.local_rotations
         out.positions[t] = p.positions
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--characters", type=int, default=1, help="characters baked side by side (default 1)")
     p.add_argument("--start", type=int, help="start frame index from the model's start frames (default random)")
     p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+    p.add_argument("--control", metavar="JSON", help="steer with the model's policies: a joystick script or a "
+                   "path (see runtime/control.py ControlScript)")
     p.add_argument("--preview", metavar="GIF", help="also render a stick-figure animation of character 0")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -140,6 +145,23 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BakeError("--frames and --characters must be at least 1")
 
 
+def _control(path: str, model: MotionModel) -> ControlScript:
+    """The --control file, checked against the model's policies."""
+    try:
+        script = ControlScript.from_json(json.loads(Path(path).read_text(encoding="utf-8")), path)
+    except OSError as e:
+        raise BakeError(f"{path}: cannot read the control file ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise BakeError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:
+        raise BakeError(str(e)) from None
+    if script.task not in model.policies:
+        have = ", ".join(sorted(model.policies)) or "none"
+        raise BakeError(f"{path}: model {model.name!r} has no {script.task} policy (it has: {have}); train one "
+                        f"with `python -m trainer.policy {script.task}`")
+    return script
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
     args = build_parser().parse_args(argv)
@@ -148,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, providers=args.providers)
         if args.start is not None and not 0 <= args.start < len(model.start_frames):
             raise BakeError(f"--start {args.start}: the model has start frames 0..{len(model.start_frames) - 1}")
+        control = _control(args.control, model) if args.control else None
     except (BakeError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet)
+    clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet, control=control)
     written = write_clip(Path(args.out), clip)
     if args.preview:
         from .preview import animate

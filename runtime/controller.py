@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .control import ControlState
 from .features import frame_to_pose
 from .model import MotionModel
 
@@ -71,6 +72,7 @@ class Controller:
         self.home = np.zeros((self.n, 3), np.float32)
         self.home[:, 0] = (np.arange(self.n) - (self.n - 1) / 2) * CHARACTER_SPACING_M
         self.frame = 0
+        self._control = ControlState(self.n)
         self.reset()
 
     def _bind(self, src: _State, dst: _State):
@@ -127,15 +129,25 @@ class Controller:
         else:
             self.rng.standard_normal(out=self._z, dtype=np.float32)
 
-    def _policy_latents(self, control: object) -> np.ndarray:
-        """Latents from the model's control policy (the control issue plugs in here)."""
-        raise ValueError(f"model {self.model.name!r} has no control policy; step without control or "
-                         "train one with `python -m trainer.policy`")
+    def _policy_latents(self, control: object, latents: np.ndarray | None) -> np.ndarray:
+        """Latents from the model's control policies for controlled characters; the others keep latents."""
+        if latents is None:
+            self._sample_latents()
+            latents = self._z.copy()
+        else:
+            latents = np.array(latents, dtype=np.float32)
+            if latents.shape != self._z.shape:
+                raise ValueError(f"latents must have shape {self._z.shape}, got {latents.shape}")
+        return self._control.latents(self.model, self.state, control, latents)
 
     def step(self, latents: np.ndarray | None = None, control: object | None = None) -> Poses:
-        """Advance every character one frame and return their poses (views: valid until the next step)."""
-        if latents is None and control is not None:
-            latents = self._policy_latents(control)
+        """Advance every character one frame and return their poses (views: valid until the next step).
+
+        control (see runtime/control.py) steers characters with the model's policies; the others take
+        latents, or random ones when latents is None.
+        """
+        if control is not None:
+            latents = self._policy_latents(control, latents)
         if latents is None:
             self._sample_latents()
         else:

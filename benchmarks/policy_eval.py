@@ -1,0 +1,192 @@
+"""Control policies of a model directory against the control issue's targets, through runtime.Controller.
+
+Joystick: 200 random commands (speeds from the policy's training range), each held 5 s; a command passes
+    when the heading comes within 20 degrees of it within 2 s and the speed (over 0.5 s) within 25% of it
+    (at least 0.1 m/s) within 3 s. Target: 100 random targets 1-10 m away, reached within the policy's
+    radius in under 15 s. Path: mean distance to a figure-eight (8 m x 4 m) over 60 s.
+Motion quality under control against random latents: frozen 2 s windows and foot skating (horizontal foot
+speed while in contact). Cost: Controller.step with and without control at 1 and 64 characters.
+Usage: python benchmarks/policy_eval.py --model DIR [--tasks joystick target path] [--seed N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from runtime.controller import Controller
+from runtime.model import MotionModel, load_model
+from trainer.evaluate import FREEZE_SECONDS, frame_quantities, frozen, window_means
+
+HEADING_DEG, HEADING_S = 20.0, 2.0
+SPEED_TOLERANCE, SPEED_FLOOR, SPEED_S, SPEED_WINDOW_S = 0.25, 0.1, 3.0, 0.5
+COMMAND_S = 5.0
+TARGET_LIMIT_S = 15.0
+PATH_S = 60.0
+
+
+def figure_eight(n: int = 400) -> np.ndarray:
+    """A closed figure-eight 8 m long and 4 m wide (Gerono's lemniscate), through the origin."""
+    t = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    return np.stack([2.0 * np.sin(2 * t), 4.0 * np.sin(t)], axis=-1)
+
+
+class Recorder:
+    """Raw frames of every step, for the motion-quality measures."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def add(self, ctrl: Controller) -> None:
+        """Keep the latest raw frame of every character."""
+        self.frames.append(ctrl.features())
+
+    def quality(self, model: MotionModel) -> dict[str, float]:
+        """Frozen-window fraction and mean foot skating (m/s, feet in contact)."""
+        f = np.stack(self.frames, axis=1)  # (N, T, F)
+        q = frame_quantities(f[:, :-1], f[:, 1:], model.layout, model.fps)
+        width = int(FREEZE_SECONDS * model.fps)
+        still = frozen(window_means(q["root_speed"], width), window_means(q["pose_speed"], width))
+        out = {"frozen": float(still.mean())}
+        if "skate" in q:
+            out["skate"] = float(q["skate"][q["contact"]].mean()) if q["contact"].any() else 0.0
+        return out
+
+
+def joystick(model: MotionModel, seed: int) -> dict:
+    """Heading and speed response to 200 random commands (50 characters x 4 commands)."""
+    spec = model.policies["joystick"].spec["task"]
+    n, per, fps = 50, 4, model.fps
+    rng = np.random.default_rng(seed)
+    ctrl = Controller(model, n, seed=seed)
+    angle = rng.uniform(-np.pi, np.pi, (per, n))
+    speed = rng.uniform(spec["speed_min"], spec["speed_max"], (per, n))
+    steps = int(COMMAND_S * fps)
+    window = int(SPEED_WINDOW_S * fps)
+    heading_ok, speed_ok = np.zeros((per, n), bool), np.zeros((per, n), bool)
+    rec = Recorder()
+    for k in range(per):
+        control = {"task": "joystick", "direction": np.stack([np.sin(angle[k]), np.cos(angle[k])], -1),
+                   "speed": speed[k]}
+        xz = []
+        for t in range(steps):
+            ctrl.step(control=control)
+            rec.add(ctrl)
+            xz.append(ctrl.state.origin[:, [0, 2]].astype(np.float64))
+            err = np.abs((ctrl.state.yaw[:, 0] - angle[k] + np.pi) % (2 * np.pi) - np.pi)
+            if t < HEADING_S * fps:
+                heading_ok[k] |= err < np.radians(HEADING_DEG)
+            if window <= t < SPEED_S * fps:
+                v = np.linalg.norm(xz[-1] - xz[-1 - window], axis=1) / SPEED_WINDOW_S
+                speed_ok[k] |= np.abs(v - speed[k]) <= np.maximum(SPEED_TOLERANCE * speed[k], SPEED_FLOOR)
+    both = heading_ok & speed_ok
+    return {"commands": per * n, "heading": float(heading_ok.mean()), "speed": float(speed_ok.mean()),
+            "both": float(both.mean()), "pass": bool(both.mean() >= 0.9), **rec.quality(model)}
+
+
+def target(model: MotionModel, seed: int) -> dict:
+    """Share of 100 random targets 1-10 m away reached in under 15 s."""
+    n, fps = 100, model.fps
+    radius = model.policies["target"].spec["task"]["target_radius_m"]
+    rng = np.random.default_rng(seed)
+    ctrl = Controller(model, n, seed=seed)
+    angle, dist = rng.uniform(-np.pi, np.pi, n), rng.uniform(1.0, 10.0, n)
+    goal = ctrl.state.origin[:, [0, 2]] + dist[:, None] * np.stack([np.sin(angle), np.cos(angle)], -1)
+    reached = np.full(n, np.inf)
+    rec = Recorder()
+    for t in range(int(TARGET_LIMIT_S * fps)):
+        ctrl.step(control={"task": "target", "target": goal})
+        rec.add(ctrl)
+        near = np.linalg.norm(ctrl.state.origin[:, [0, 2]] - goal, axis=1) < radius
+        reached[near & np.isinf(reached)] = (t + 1) / fps
+    share = float(np.isfinite(reached).mean())
+    return {"targets": n, "reached": share, "median_s": float(np.median(reached[np.isfinite(reached)]))
+            if share else None, "pass": share >= 0.95, **rec.quality(model)}
+
+
+def path(model: MotionModel, seed: int) -> dict:
+    """Mean distance to a figure-eight over 60 s for 8 characters starting on it."""
+    from runtime.control import resample_path
+
+    n, fps = 8, model.fps
+    curve = figure_eight()
+    dense = resample_path(curve, closed=True, spacing=0.02)
+    ctrl = Controller(model, n, seed=seed)
+    first = dense[0] - dense[-1]
+    ctrl.reset(origin=np.array([dense[0, 0], 0.0, dense[0, 1]]), yaw=float(np.arctan2(first[0], first[1])))
+    dists, travelled, last = [], np.zeros(n), ctrl.state.origin[:, [0, 2]].copy()
+    rec = Recorder()
+    for _ in range(int(PATH_S * fps)):
+        ctrl.step(control={"task": "path", "path": curve, "closed": True})
+        rec.add(ctrl)
+        xz = ctrl.state.origin[:, [0, 2]]
+        travelled += np.linalg.norm(xz - last, axis=1)
+        last = xz.copy()
+        dists.append(np.linalg.norm(dense[None] - xz[:, None], axis=-1).min(axis=1))
+    mean = float(np.mean(dists))
+    return {"mean_distance_m": mean, "max_distance_m": float(np.max(dists)),
+            "metres_travelled": float(travelled.mean()), "pass": mean < 0.5, **rec.quality(model)}
+
+
+def random_walk(model: MotionModel, seed: int) -> dict:
+    """Motion quality of random latents, the baseline for the controlled runs."""
+    ctrl = Controller(model, 50, seed=seed)
+    rec = Recorder()
+    for _ in range(int(20 * model.fps)):
+        ctrl.step()
+        rec.add(ctrl)
+    return rec.quality(model)
+
+
+def step_cost(model: MotionModel) -> dict:
+    """Milliseconds per Controller.step without and with control (every character on the first policy)."""
+    task = sorted(model.policies)[0]
+    control = {"joystick": {"direction": [0.0, 1.0], "speed": 1.0}, "target": {"target": [5.0, 5.0]},
+               "path": {"path": figure_eight()}}[task]
+    out = {"task": task}
+    for n in (1, 64):
+        ctrl = Controller(model, n, seed=0)
+        for label, kwargs in (("free", {}), ("controlled", {"control": {"task": task, **control}})):
+            ctrl.step(**kwargs)
+            t0, calls = time.perf_counter(), 0
+            while time.perf_counter() - t0 < 0.5 or calls < 20:
+                ctrl.step(**kwargs)
+                calls += 1
+            out[f"{label}_ms_{n}"] = 1000 * (time.perf_counter() - t0) / calls
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluations of the model's policies and print one line per measure."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("Usage: ")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model directory with policies (default: the shipped default model)")
+    p.add_argument("--tasks", nargs="+", choices=["joystick", "target", "path"], help="default: every policy")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    model = load_model(args.model)
+    tasks = args.tasks or sorted(model.policies)
+    missing = [t for t in tasks if t not in model.policies]
+    if not tasks or missing:
+        print(f"error: model {model.name!r} has no {missing[0] if missing else 'control'} policy", file=sys.stderr)
+        return 2
+    print(f"model {model.name} ({model.path}), policies: {', '.join(sorted(model.policies))}")
+    for name, spec in sorted(model.policies.items()):
+        print(f"  {name}: trained {spec.spec.get('training', {})}")
+    base = random_walk(model, args.seed)
+    print(f"random walk: frozen windows {base['frozen']:.3f}, skating {base.get('skate', float('nan')):.3f} m/s")
+    for task in tasks:
+        t0 = time.perf_counter()
+        result = {"joystick": joystick, "target": target, "path": path}[task](model, args.seed)
+        shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"{task}: {shown} ({time.perf_counter() - t0:.0f} s)")
+    cost = step_cost(model)
+    print("step cost (ms): " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in cost.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Control policies: environments vs the runtime, rewards, PPO, export, Controller.step(control=...)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.control import Paths, joystick_features, resample_path, target_features
+from runtime.controller import Controller
+from runtime.model import ModelError, load_model
+from trainer.config import TrainConfig
+from trainer.data import load_frames
+from trainer.export import untrained_run
+from trainer.policy.__main__ import main as policy_main
+from trainer.policy.export import export_policy
+from trainer.policy.loop import RunConfig, make_trainer, train
+from trainer.policy.ppo import ActorCritic, PolicyGraph, PPOConfig, gae
+from trainer.policy.stepper import OnnxStepper, TorchStepper
+from trainer.policy.tasks import ControlEnv, TaskConfig
+from trainer.step_graph import StepGraph
+
+CPU = torch.device("cpu")
+FIGURE_EIGHT = np.stack([3 * np.sin(np.linspace(0, 2 * np.pi, 60, endpoint=False)),
+                         2 * np.sin(np.linspace(0, 4 * np.pi, 60, endpoint=False))], -1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: small batches run several times faster than with two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def policy_model(model_dir, tmp_path_factory):
+    """A copy of the tiny model with an untrained policy for each task."""
+    out = tmp_path_factory.mktemp("policy") / "tiny"
+    shutil.copytree(model_dir, out)
+    stepper = OnnxStepper(load_model(out), CPU)
+    torch.manual_seed(0)
+    for task in ("joystick", "target", "path"):
+        env = ControlEnv(task, stepper, 2)
+        net = ActorCritic(env.obs_size, env.action_size, PPOConfig(hidden=32, init_log_std=0.0))
+        for p in net.actor.parameters():  # visible actions: the default last layer is nearly silent
+            torch.nn.init.normal_(p, 0.0, 0.3)
+        export_policy(net, out, task, env.blocks, env.config.runtime(task), {"frames": 0})
+    return out
+
+
+def place_both(ctrl: Controller, env: ControlEnv, starts, yaws, origins) -> None:
+    for i, (s, y, o) in enumerate(zip(starts, yaws, origins)):
+        ctrl.reset([i], start=s, origin=np.asarray(o, np.float32), yaw=y)
+    env.chars.place(np.arange(len(starts)), np.asarray(starts), np.asarray(origins, np.float32), np.asarray(yaws))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_environment_moves_characters_exactly_like_the_runtime(model_dir, frames_path, kind):
+    model = load_model(model_dir)
+    if kind == "onnx":
+        stepper = OnnxStepper(model, CPU)
+    else:  # the conftest model is this untrained run, rebuilt from the same seed
+        stepper = TorchStepper.from_run(model, CPU, untrained_run(load_frames(frames_path), TrainConfig(hidden=64),
+                                                                  seed=1))
+    env = ControlEnv("joystick", stepper, 3)
+    ctrl = Controller(model, 3, seed=0)
+    place_both(ctrl, env, [0, 1, 2], [0.0, 1.0, -2.5], [[0, 0, 0], [2, 0, 1], [-3, 0, 4]])
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        z = rng.standard_normal((3, model.latent_size)).astype(np.float32)
+        ctrl.step(latents=z)
+        env.chars.step(torch.from_numpy(z))
+    origin, yaw = env.chars.ground()
+    assert np.abs(origin - ctrl.state.origin).max() < 1e-4
+    assert np.abs(yaw - ctrl.state.yaw[:, 0]).max() < 1e-4
+    assert np.abs(ctrl.state.origin[:, [0, 2]] - [[0, 0], [2, 1], [-3, 4]]).max() > 0.1  # they did walk
+
+
+def test_task_features_are_in_the_character_frame():
+    yaw = np.array([0.0, np.pi / 2])  # facing +Z, then facing +X
+    j = joystick_features(np.array([[0.0, 2.0], [3.0, 0.0]]), np.array([1.0, 2.0]), yaw)
+    assert np.allclose(j["direction"], [[0, 1], [0, 1]], atol=1e-12) and np.allclose(j["speed"][:, 0], [1, 2])
+    t = target_features(np.array([[1.0, 0.0], [5.0, 1.0]]), np.array([[0.0, 0, 0], [2.0, 0, 1.0]]), yaw)
+    assert np.allclose(t["target"], [[1, 0], [0, 3]], atol=1e-12)  # right of, then ahead of the character
+
+
+def test_paths_track_progress_and_look_ahead():
+    paths = Paths(1)
+    square = resample_path(np.array([[0.0, 0], [4, 0], [4, 4], [0, 4]]), closed=True)
+    paths.set(np.array([0]), [square], np.array([True]), np.array([[1.0, 0.1]]))
+    assert abs(paths.length(np.array([0]))[0] - 16.0) < 1e-9 and abs(paths.s[0] - 1.0) < 0.06
+    advanced, dist = paths.track(np.array([0]), np.array([[1.5, -0.2]]))
+    assert abs(advanced[0] - 0.5) < 0.06 and abs(dist[0] - 0.2) < 1e-6
+    ahead = paths.features(np.array([0]), np.array([np.pi / 2]), np.array([[1.5, 0.0]]), 0.5)["lookahead"]
+    assert np.allclose(ahead.reshape(4, 2), [[0, 0.5], [0, 1.0], [0, 1.5], [0, 2.0]], atol=0.06)
+
+
+def test_rewards_prefer_doing_the_task(model_dir):
+    env = ControlEnv("joystick", OnnxStepper(load_model(model_dir), CPU), 2)
+    env.reset()
+    task, fps = env.task, env.chars.fps
+    task.direction[:] = [[0, 1], [0, -1]]  # the same motion; the second is told to go the other way
+    task.speed[:] = 1.0
+    raw = np.zeros((2, env.chars.frame_size))
+    raw[:, 1] = 1.0 / fps  # 1 m/s forward
+    r = task.reward(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), raw)
+    assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(np.exp(-2.0))
+
+    env = ControlEnv("target", OnnxStepper(load_model(model_dir), CPU), 3)
+    env.reset()
+    task = env.task
+    task.target[:] = [[0, 5], [0, -5], [0, 0.15]]
+    before = np.zeros((3, 3))
+    after = np.array([[0, 0, 0.1]] * 3)
+    r = task.reward(before, after, np.zeros(3), np.zeros((3, env.chars.frame_size)))
+    assert r[0] > 2.5 and r[1] < -2.5 and r[2] > env.config.target_bonus  # toward, away, arrived
+    assert task.reached.tolist() == [0, 0, 1] and np.linalg.norm(task.target[2] - [0, 0.1]) >= 1.0
+
+    env = ControlEnv("path", OnnxStepper(load_model(model_dir), CPU), 3)
+    env.reset()
+    line = resample_path(np.array([[0.0, -5], [0, 5], [0.1, 5], [0.1, -5]]), closed=True)
+    env.task.paths.set(np.arange(3), [line] * 3, np.ones(3, bool), np.array([[0.0, 0], [0, 0], [3, 0]]))
+    after = np.array([[0, 0, 0.05], [0, 0, -0.05], [3, 0, 0.05]])
+    r = env.task.reward(np.zeros((3, 3)), after, np.zeros(3), None)
+    assert r[0] > 0.9 and r[1] < -0.9 and abs(r[2]) < 0.01  # along, backwards, far off the path
+
+
+def test_gae_cuts_at_episode_ends_and_bootstraps_the_tail():
+    rewards = torch.tensor([[1.0], [1.0], [1.0]])
+    values = torch.zeros(3, 1)
+    dones = torch.tensor([[False], [True], [False]])
+    adv, ret = gae(rewards, values, dones, torch.tensor([10.0]), gamma=0.5, lam=1.0)
+    assert ret[:, 0].tolist() == pytest.approx([1.5, 1.0, 6.0])
+
+
+class SteerableDecoder(torch.nn.Module):
+    """A toy decoder whose character walks at 1 m/s and turns at a rate set by z[0]: a task PPO learns fast."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        raw = model.start_frames[0, -1].astype(np.float64)
+        self.register_buffer("frame", torch.as_tensor(model.normalise(raw), dtype=torch.float32))
+        self.fps = model.fps
+        self.register_buffer("root_shift", torch.as_tensor(model.shift[:3]))
+        self.register_buffer("root_scale", torch.as_tensor(model.scale[:3]))
+
+    def forward(self, z, condition):
+        root = torch.stack([torch.zeros_like(z[:, 0]), torch.full_like(z[:, 0], 1.0 / self.fps), 0.1 * z[:, 0]], 1)
+        out = self.frame.expand(len(z), -1).clone()
+        out[:, :3] = (root - self.root_shift) / self.root_scale
+        return out
+
+
+def test_ppo_improves_the_reward_of_a_tiny_task(model_dir, tmp_path):
+    model = load_model(model_dir)
+    stepper = TorchStepper(model, CPU, StepGraph(SteerableDecoder(model), model.shift, model.scale, model.bounds,
+                                                 model.layout, model.skeleton))
+    config = RunConfig("joystick", steps=8 * 32 * 32, seed=0, checkpoint_every_s=1e9,
+                       ppo=PPOConfig(envs=32, horizon=32, minibatch=256, epochs=4, hidden=64, lr=1e-3, lr_end=1e-3),
+                       env=TaskConfig(speed_min=1.0, speed_max=1.0, command_min_s=100, command_max_s=100))
+
+    def score(trainer) -> float:  # the deterministic policy on the same commands and starts
+        env = ControlEnv("joystick", stepper, 64, config.env, seed=123)
+        graph = PolicyGraph(trainer.net).eval()
+        obs, total = env.reset(), 0.0
+        with torch.no_grad():
+            for _ in range(60):
+                obs, r, *_ = env.step(graph(obs))
+                total += float(r.mean())
+        return total / 60
+
+    trainer = make_trainer(config, stepper)
+    before = score(trainer)
+    train(trainer, tmp_path, progress=False)
+    after = score(trainer)
+    assert after > before + 0.2, (before, after)
+    assert (tmp_path / "policy.pt").is_file() and (tmp_path / "reward.png").is_file()
+
+
+def test_exported_policy_matches_torch_and_validates(policy_model, tmp_path):
+    model = load_model(policy_model)
+    assert sorted(model.policies) == ["joystick", "path", "target"]
+    spec = model.policies["target"].spec
+    assert spec["observation"]["blocks"][-1] == ["target", model.frame_size, model.frame_size + 2]
+    assert spec["action"]["scale"] == 4.0
+    bad = tmp_path / "bad"
+    shutil.copytree(policy_model, bad)
+    (bad / "policy-target.onnx").write_bytes(b"broken")
+    with pytest.raises(ModelError, match="policy-target.onnx: sha256 does not match"):
+        load_model(bad)
+
+
+def test_runtime_policy_sees_what_training_saw(policy_model):
+    """The runtime's observation and policy give the latents the trainer's environment would."""
+    model = load_model(policy_model)
+    stepper = OnnxStepper(model, CPU)
+    for task, control in (("joystick", {"direction": [[1.0, 1.0], [0.0, -2.0]], "speed": [0.5, 1.5]}),
+                          ("target", {"target": [[3.0, 4.0], [-2.0, 1.0]]}),
+                          ("path", {"path": FIGURE_EIGHT})):
+        env = ControlEnv(task, stepper, 2)
+        env.reset()
+        ctrl = Controller(model, 2, seed=0)
+        place_both(ctrl, env, [0, 1], [0.3, -2.0], [[0.5, 0, 0.2], [1.0, 0, -0.5]])
+        if task == "joystick":
+            env.task.direction[:], env.task.speed[:] = control["direction"], control["speed"]
+        elif task == "target":
+            env.task.target[:] = control["target"]
+        else:
+            env.task.paths.set(np.arange(2), [resample_path(FIGURE_EIGHT, True)] * 2, np.ones(2, bool),
+                               env.chars.ground()[0][:, [0, 2]])
+        session = model.policies[task].session
+        want = session.run(None, {"observation": env.observe().numpy()})[0]
+        got = ctrl._policy_latents({"task": task, **control}, None)
+        assert np.abs(got - want).max() < 1e-5, task
+
+
+def test_controller_steers_some_characters_and_leaves_the_rest(policy_model):
+    model = load_model(policy_model)
+    n = 5
+    control = {"task": ["joystick", "", "target", "none", "path"], "direction": [[1.0, 0.0]] * n,
+               "speed": 1.0, "target": [[0.0, 0.0], [0, 0], [4.0, 4.0], [0, 0], [0, 0]], "path": FIGURE_EIGHT}
+    rng = np.random.default_rng(1)
+    mixed, free = Controller(model, n, seed=2), Controller(model, n, seed=2)
+    alone = Controller(model, 1, seed=2)
+    alone.reset(start=0, origin=mixed.state.origin[2], yaw=0.0)
+    mixed.reset([2], start=0, origin=mixed.state.origin[2], yaw=0.0)
+    free.reset([2], start=0, origin=free.state.origin[2], yaw=0.0)
+    for _ in range(20):
+        z = rng.standard_normal((n, model.latent_size)).astype(np.float32)
+        a = mixed.step(latents=z, control=control).copy()
+        b = free.step(latents=z).copy()
+        c = alone.step(control={"task": "target", "target": [4.0, 4.0]}).copy()
+    assert np.array_equal(a.root_position[[1, 3]], b.root_position[[1, 3]])  # free characters: their latents
+    assert not np.allclose(a.root_position[[0, 2, 4]], b.root_position[[0, 2, 4]])
+    assert np.abs(a.root_position[2] - c.root_position[0]).max() < 1e-5  # batched = one by one
+    mixed.step(control={"task": "joystick", "direction": [0.0, 1.0], "speed": 1.0})  # random latents elsewhere
+
+
+@pytest.mark.parametrize("control,message", [
+    ("joystick", "control must be a dict"),
+    ({"direction": [1, 0]}, "needs a 'task'"),
+    ({"task": "fly"}, "unknown control task 'fly'"),
+    ({"task": ["joystick"] * 2}, "must be one task or 3 of them"),
+    ({"task": "joystick", "speed": 1.0}, "no 'direction'"),
+    ({"task": "joystick", "direction": [0, 0], "speed": 1.0}, "non-zero"),
+    ({"task": "joystick", "direction": [[1, 0]] * 2, "speed": 1.0}, r"shape \(2,\) or \(3, 2\)"),
+    ({"task": "joystick", "direction": [1, 0], "speed": -1.0}, "at least 0 m/s"),
+    ({"task": "target", "target": [np.nan, 0]}, "must be finite"),
+    ({"task": "path"}, "no 'path'"),
+    ({"task": "path", "path": [[0, 0]]}, "at least 2 points"),
+    ({"task": "path", "path": [FIGURE_EIGHT, None, FIGURE_EIGHT]}, "character 1: no path given"),
+    ({"task": "joystick", "direction": [1, 0], "speed": 1, "jump": True}, "unknown control field"),
+])
+def test_bad_control_is_a_clear_value_error(policy_model, control, message):
+    ctrl = Controller(load_model(policy_model), 3, seed=0)
+    with pytest.raises(ValueError, match=message):
+        ctrl.step(control=control)
+
+
+def test_model_without_policies_refuses_control(model_dir):
+    with pytest.raises(ValueError, match="has no joystick policy"):
+        Controller(load_model(model_dir), 1).step(control={"task": "joystick", "direction": [0, 1], "speed": 1})
+
+
+def test_command_line_trains_resumes_and_exports(model_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    run = tmp_path / "run"
+    args = ["target", "--model", str(model), "--run-dir", str(run), "--envs", "8", "--horizon", "16", "-q"]
+    assert policy_main(args + ["--steps", "128"]) == 0
+    assert policy_main(args + ["--steps", "128"]) == 2  # refuses to overwrite a run
+    assert "pass --resume" in capsys.readouterr().err
+    assert policy_main(args + ["--steps", "256", "--resume"]) == 0
+    rows = (run / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("update,frames")
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["policies"]["target"]["training"]["frames"] == 256
+    assert "target" in load_model(model).policies
+    assert policy_main(["joystick", "--model", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+
+
+def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):
+    from runtime.bake import main as bake_main
+
+    joystick = tmp_path / "joystick.json"
+    joystick.write_text(json.dumps([[0, 0, 1, 1.0], [1.0, 1, 0, 1.5]]))
+    path = tmp_path / "path.json"
+    path.write_text(json.dumps({"task": "path", "points": FIGURE_EIGHT.tolist(), "closed": True}))
+    for control in (joystick, path):
+        out = tmp_path / f"{control.stem}.npz"
+        assert bake_main([str(out), "--model", str(policy_model), "--frames", "40", "--characters", "2",
+                          "--control", str(control), "-q"]) == 0
+        assert np.load(out)["root_positions"].shape == (40, 2, 3)
+    bad = tmp_path / "bad.json"
+    for text, message in (("[[0, 1, 2]]", "rows of [t, dir_x, dir_z, speed] or of [x, z]"),
+                          ("{\"task\": \"path\"}", "a path control needs 'points'"),
+                          ("[[0, 0, 0, 1]]", "must not be [0, 0]"),
+                          ("[[0, 0], [0.05, 0]]", "at least 0.2 m long"),
+                          ("[1, 2", "invalid JSON at line 1")):
+        bad.write_text(text)
+        assert bake_main([str(tmp_path / "x.npz"), "--model", str(policy_model), "--control", str(bad), "-q"]) == 2
+        assert message in capsys.readouterr().err
+    assert bake_main([str(tmp_path / "x.npz"), "--model", str(model_dir), "--control", str(path), "-q"]) == 2
+    assert "has no path policy" in capsys.readouterr().err
+
+
+def test_controller_takes_the_godot_bridges_per_slot_arrays(policy_model):
+    model = load_model(policy_model)
+    n = 4
+    control = {"task": np.array(["joystick", "", "target", ""], dtype=object),  # what Bridge._control sends
+               "direction": np.array([[0, 1], [0, 0], [0, 0], [0, 0]], np.float32),
+               "speed": np.array([1.5, 0, 0, 0], np.float32), "target": np.array([[0, 0], [0, 0], [3, 4], [0, 0]],
+                                                                                  np.float32)}
+    ctrl = Controller(model, n, seed=0)
+    z = np.zeros((n, model.latent_size), np.float32)
+    poses = ctrl.step(latents=z, control=control)
+    assert np.isfinite(poses.root_position).all()

@@ -1,0 +1,1 @@
+"""Control policies over a frozen Motion VAE decoder: vectorised tasks, PPO, ONNX export (`python -m trainer.policy`)."""

@@ -1,0 +1,118 @@
+"""Train a control policy over a model's frozen decoder with PPO, then export it into the model directory.
+
+The characters step through the model directory's decoder.onnx (exactly the runtime's step); give the
+training run with --vae-run to step through its torch twin instead (faster on a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from runtime.model import ModelError
+
+from ..checkpoint import CheckpointError
+from .export import export_policy, policy_file
+from .loop import RunConfig, Trainer, make_trainer, read, restore, train
+from .ppo import PPOConfig
+from .stepper import PolicyError, make_stepper
+from .tasks import TASKS, TaskConfig
+
+EXAMPLES = """examples:
+  python -m trainer.policy joystick --model models/walk --run-dir runs/walk-joystick
+  python -m trainer.policy target --model models/walk --run-dir runs/walk-target --steps 5000000 --envs 256
+  python -m trainer.policy joystick --model models/walk --run-dir runs/walk-joystick --resume --steps 8000000
+  python -m trainer.policy path --model models/walk --vae-run runs/walk --device cuda --run-dir runs/walk-path
+  python -m trainer.policy joystick --model models/walk --run-dir runs/walk-joystick --export-only
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m trainer.policy", description=__doc__.split("\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=sorted(TASKS), help="the control task")
+    p.add_argument("--model", required=True, help="model directory (the policy is exported into it)")
+    p.add_argument("--run-dir", required=True, help="folder for policy.pt, log.csv and reward.png")
+    p.add_argument("--vae-run", help="the model's training run: step its decoder in torch instead of ONNX")
+    p.add_argument("--steps", type=int, help="character frames to train in all (default 2,000,000)")
+    p.add_argument("--envs", type=int, default=PPOConfig.envs, help="characters stepped together")
+    p.add_argument("--horizon", type=int, default=PPOConfig.horizon, help="steps per character per update")
+    p.add_argument("--epochs", type=int, default=PPOConfig.epochs, help="PPO passes over each rollout")
+    p.add_argument("--minibatch", type=int, default=PPOConfig.minibatch, help="samples per PPO step")
+    p.add_argument("--lr", type=float, default=PPOConfig.lr, help="Adam learning rate (decays linearly)")
+    p.add_argument("--action-scale", type=float, default=PPOConfig.action_scale,
+                   help="latent = scale * clamp(action, -1, 1) (default 4)")
+    p.add_argument("--speed-min", type=float, default=TaskConfig.speed_min, help="joystick: slowest command, m/s")
+    p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max, help="joystick: fastest command, m/s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--export-only", action="store_true", help="export the run's checkpoint without training")
+    p.add_argument("--no-export", action="store_true", help="train without writing into the model directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise PolicyError(f"--device {name!r}: expected cpu, cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PolicyError("--device cuda: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
+    if min(args.envs, args.horizon, args.epochs, args.minibatch, args.steps or 1) < 1:
+        raise PolicyError("--envs, --horizon, --epochs, --minibatch and --steps must be at least 1")
+    if not 0 <= args.speed_min <= args.speed_max:
+        raise PolicyError("--speed-min and --speed-max must satisfy 0 <= min <= max")
+    stepper = make_stepper(args.model, args.vae_run, _device(args.device))
+    if args.resume or args.export_only:
+        state = read(run_dir)
+        if state["task"] != args.task:
+            raise PolicyError(f"{run_dir}: this run trains {state['task']}, not {args.task}")
+        return restore(state, stepper, args.steps, args.checkpoint_every)
+    if (run_dir / "policy.pt").exists():
+        raise PolicyError(f"{run_dir}: already holds a policy run; pass --resume or pick another --run-dir")
+    ppo = PPOConfig(envs=args.envs, horizon=args.horizon, epochs=args.epochs, minibatch=args.minibatch, lr=args.lr,
+                    action_scale=args.action_scale)
+    env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max)
+    return make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
+                                  ppo, env), stepper)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = _trainer(args, run_dir)
+        if not args.export_only:
+            train(trainer, run_dir, progress=not args.quiet)
+        last = trainer.history[-1] if trainer.history else {}
+        if not args.no_export:
+            env = trainer.env
+            diff = export_policy(trainer.net, args.model, args.task, env.blocks, env.config.runtime(args.task),
+                                 {"frames": trainer.frames, "seconds": round(trainer.seconds, 1),
+                                  "mean_reward": last.get("mean_reward"), "run": str(run_dir)})
+            print(f"exported {policy_file(args.task)} into {args.model} (onnxruntime vs torch {diff:.1e})")
+    except (PolicyError, ModelError, CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.task}: {trainer.frames:,} frames in {trainer.seconds:.0f} s, last mean reward "
+          f"{last.get('mean_reward', float('nan')):.3f}; log {run_dir / 'log.csv'}, curve {run_dir / 'reward.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Export a trained policy into its model directory: policy-<task>.onnx plus its entry in model.json.
+
+The ONNX file is written beside its destination and renamed into place, then model.json (its sha256 under
+"files", the observation layout and action scale under "policies") is replaced atomically, so a reader sees
+either the old model or the new one. The graph is checked against torch before anything is replaced.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.atomic import atomic_path, atomic_write_text
+from runtime.model import load_model, sha256_file
+
+from .ppo import ActorCritic, PolicyGraph
+from .stepper import PolicyError
+
+OPSET = 17
+VERIFY_TOLERANCE = 1e-4
+
+
+def policy_file(task: str) -> str:
+    """The file name of a task's policy in a model directory."""
+    return f"policy-{task}.onnx"
+
+
+def _check(path: Path, graph: PolicyGraph, obs_size: int, seed: int = 0) -> float:
+    """Max |onnxruntime - torch| over random observations."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    obs = (rng.standard_normal((257, obs_size)) * np.sqrt(graph.norm.var.cpu().numpy() + 1e-8)
+           + graph.norm.mean.cpu().numpy()).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"observation": obs})[0]
+    with torch.no_grad():
+        want = graph(torch.from_numpy(obs)).numpy()
+    return float(np.abs(got - want).max())
+
+
+def export_policy(net: ActorCritic, model_dir: str | Path, task: str, blocks: list[list], task_config: dict,
+                  training: dict) -> float:
+    """Write the policy into model_dir and register it in model.json; returns the ONNX-vs-torch difference."""
+    folder = Path(model_dir)
+    meta_path = folder / "model.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    graph = PolicyGraph(net).cpu().eval()
+    obs_size = blocks[-1][2]
+    name = policy_file(task)
+    with atomic_path(folder / name, suffix=".onnx") as tmp:
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for an MLP
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (torch.zeros(2, obs_size),), str(tmp), input_names=["observation"],
+                              output_names=["latent"], dynamic_axes={"observation": {0: "batch"}, "latent": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        diff = _check(tmp, graph, obs_size)
+        if not diff < VERIFY_TOLERANCE:
+            raise PolicyError(f"{folder / name}: onnxruntime and torch differ by {diff:.2e}; nothing was written")
+        digest = sha256_file(tmp)
+    meta["files"][name] = {"sha256": digest, "graph": "control policy (trainer/policy)", "inputs": ["observation"],
+                           "outputs": ["latent"]}
+    meta.setdefault("policies", {})[task] = {
+        "file": name,
+        "observation": {"size": obs_size, "blocks": blocks,
+                        "frame": "the current frame, normalised (the last frame of the decoder's condition)",
+                        "features": "task features in the character frame (x right, z forward), metres, m/s"},
+        "action": {"size": int(net.log_std.numel()), "scale": net.action_scale,
+                   "meaning": "the decoder's latent z = scale * tanh(actor mean)"},
+        "task": task_config,
+        "training": training,
+    }
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    load_model(folder)  # every file still validates (raises ModelError otherwise)
+    return diff
