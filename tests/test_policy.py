@@ -25,13 +25,7 @@ FIGURE_EIGHT = np.stack([3 * np.sin(np.linspace(0, 2 * np.pi, 60, endpoint=False
                          2 * np.sin(np.linspace(0, 4 * np.pi, 60, endpoint=False))], -1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: small batches run several times faster than with two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
