@@ -59,10 +59,11 @@ def draw_strip(path: str | os.PathLike, positions: np.ndarray, parents: np.ndarr
     ax_top.set_title("top view (x, z)")
     ax_top.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure atomically (format from the suffix) and close it."""
     plt = _pyplot()
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
         fig.savefig(tmp)

@@ -19,7 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.atomic import atomic_write_text
+from runtime.preview import save_figure
 
 from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, CheckpointError, read_checkpoint,
                          remove_stale_temporaries, save_checkpoint)
@@ -287,10 +288,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def _same_data_shape(state: dict, frames: Frames) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.preview import save_figure
 
 from .ppo import ActorCritic, PPOConfig, gae, ppo_update
 from .stepper import PolicyError, Stepper
@@ -157,10 +158,7 @@ def plot_rewards(history: list[dict], path: Path) -> None:
     ax.set_ylabel("mean reward per step")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def train(trainer: Trainer, run_dir: Path, progress: bool = True) -> Trainer:
