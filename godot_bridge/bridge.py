@@ -72,13 +72,6 @@ class BridgeConfig:
     max_message_bytes: int = 65536
 
 
-def sample_latents(model: MotionModel, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n latents from the model's prior: codebook entries for VQ models, standard normal otherwise."""
-    if model.codebook is not None:
-        return model.codebook[rng.integers(len(model.codebook), size=n)]
-    return rng.standard_normal((n, model.latent_size), dtype=np.float32)
-
-
 class Bridge:
     """All clients of one server and the controller that steps their characters."""
 
@@ -304,7 +297,7 @@ class Bridge:
         for c in self.clients.values():
             # Every client draws all K latents each tick, so its characters' motion depends only on its own
             # seed and messages, never on what other clients do.
-            self._latents[c.block * k:(c.block + 1) * k] = sample_latents(self.model, c.rng, k)
+            self.model.sample_latents(c.rng, self._latents[c.block * k:(c.block + 1) * k])
 
     def _control(self) -> dict[str, np.ndarray] | None:
         """Per-slot control for the controller's policies, or None while no live character has one."""

@@ -124,10 +124,7 @@ class Controller:
         self._contacts[idx] = pose.contacts
 
     def _sample_latents(self) -> None:
-        if self.model.codebook is not None:
-            self._z[:] = self.model.codebook[self.rng.integers(len(self.model.codebook), size=self.n)]
-        else:
-            self.rng.standard_normal(out=self._z, dtype=np.float32)
+        self.model.sample_latents(self.rng, self._z)
 
     def _policy_latents(self, control: object, latents: np.ndarray | None) -> np.ndarray:
         """Latents from the model's control policies for controlled characters; the others keep latents."""

@@ -89,6 +89,13 @@ class MotionModel:
         """Raw feature frames -> the decoder's units."""
         return ((raw - self.shift) / self.scale).astype(np.float32)
 
+    def sample_latents(self, rng: np.random.Generator, out: np.ndarray) -> None:
+        """Fill out (n, latent) float32 from the prior: codebook entries for VQ models, standard normal otherwise."""
+        if self.codebook is not None:
+            out[:] = self.codebook[rng.integers(len(self.codebook), size=len(out))]
+        else:
+            rng.standard_normal(out=out, dtype=np.float32)
+
     def denormalise(self, norm: np.ndarray) -> np.ndarray:
         """The decoder's units -> raw feature frames."""
         return norm * self.scale + self.shift
