@@ -35,7 +35,7 @@ def _levi_civita() -> np.ndarray:
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
-    return v / torch.sqrt((v * v).sum(dim=-1, keepdim=True))
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
 
 class StepGraph(nn.Module):
@@ -51,10 +51,9 @@ class StepGraph(nn.Module):
         self.decoder = decoder
         self.frame = layout.size
         self.joints = layout.n_joints
-        self.root = layout.slice("root")
-        self.pos = layout.slice("positions")
-        self.ori = layout.slice("orientations")
-        self.contacts = layout.slice("contacts") if layout.has("contacts") else slice(self.frame, self.frame)
+        # One Split of the denormalised frame into its blocks; the root block comes as (dx, dz) and dyaw.
+        self.blocks = ["step", "turn"] + [name for name, _, _ in layout.blocks[1:]]
+        self.sizes = [2, 1] + [stop - start for _, start, stop in layout.blocks[1:]]
         f32 = torch.float32
         bounds = np.nan_to_num(np.asarray(bounds, np.float64), posinf=1e30, neginf=-1e30)
         self.register_buffer("shift", torch.as_tensor(shift, dtype=f32))
@@ -67,49 +66,56 @@ class StepGraph(nn.Module):
         self.register_buffer("quat_map", torch.as_tensor(QUAT_CANDIDATES[:9], dtype=f32))
         self.register_buffer("quat_bias", torch.as_tensor(QUAT_CANDIDATES[9], dtype=f32))
         self.register_buffer("cross", torch.as_tensor(_levi_civita(), dtype=f32))
-        self.register_buffer("ground", torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, 0, 0]]))
+        self.register_buffer("ground", torch.tensor([[1.0, 0, 0], [0, 0, 1]]))  # (dx, dz) -> (dx, 0, dz)
         self.register_buffer("diag", torch.tensor([0, 5, 10, 15], dtype=torch.long))
         self.register_buffer("eye4", torch.eye(4, dtype=f32))
-        # turn(yaw) = I + sin * K + (1 - cos) * K @ K for the +Y axis: built with two constant matrices.
+        # turn(yaw) = I + sin K + (1 - cos) K @ K for the +Y axis, linear in (sin, cos) = sin(yaw + phase).
         k = np.array([[0.0, 0, 1], [0, 0, 0], [-1, 0, 0]])
-        self.register_buffer("turn_sin", torch.as_tensor(k.reshape(1, 9), dtype=f32))
-        self.register_buffer("turn_cos", torch.as_tensor((-(k @ k)).reshape(1, 9), dtype=f32))
-        self.register_buffer("turn_one", torch.as_tensor((np.eye(3) + k @ k).reshape(1, 9), dtype=f32))
+        self.register_buffer("phase", torch.tensor([0.0, np.pi / 2], dtype=f32))
+        self.register_buffer("turn_sc", torch.as_tensor(np.stack([k.ravel(), -(k @ k).ravel()]), dtype=f32))
+        self.register_buffer("turn_one", torch.as_tensor((np.eye(3) + k @ k).ravel(), dtype=f32))
+
+    def _turn(self, yaw: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 3) rotations about +Y by yaw (B, 1)."""
+        return torch.addmm(self.turn_one, torch.sin(yaw + self.phase), self.turn_sc).view(-1, 3, 3)
 
     def forward(self, z, condition, origin, yaw, previous_rotations):
         """One step; see the module docstring."""
         nxt = self.decoder(z, condition)
-        raw = nxt * self.scale + self.shift
-        next_condition = torch.cat([condition[:, self.frame:], nxt], dim=1)
-        delta = raw[:, self.root]
+        raw = dict(zip(self.blocks, torch.split(nxt * self.scale + self.shift, self.sizes, dim=1)))
+        if condition.shape[1] == self.frame:
+            next_condition = nxt
+        else:
+            next_condition = torch.cat([condition[:, self.frame:], nxt], dim=1)
         # Root: move in the previous character frame, then turn.
-        turn = (torch.sin(yaw) * self.turn_sin + torch.cos(yaw) * self.turn_cos + self.turn_one).view(-1, 3, 3)
-        step = delta @ self.ground  # (dx, dz, dyaw) -> (dx, 0, dz)
-        next_origin = origin + (turn @ step.unsqueeze(-1)).squeeze(-1)
-        turned = yaw + delta[:, 2:3]
+        step = (raw["step"] @ self.ground).unsqueeze(-1)
+        next_origin = origin + (self._turn(yaw) @ step).squeeze(-1)
+        turned = yaw + raw["turn"]
         next_yaw = turned - TWO_PI * torch.round(turned / TWO_PI)  # wrapped to [-pi, pi]
-        turn = (torch.sin(next_yaw) * self.turn_sin + torch.cos(next_yaw) * self.turn_cos
-                + self.turn_one).view(-1, 3, 3)
+        turn = self._turn(next_yaw)
 
-        p = raw[:, self.pos].reshape(-1, self.joints, 3)
+        p = raw["positions"].view(-1, self.joints, 3)
         positions = p @ turn.transpose(1, 2) + next_origin.unsqueeze(1)
 
-        o = raw[:, self.ori].reshape(-1, self.joints, 6)
+        o = raw["orientations"].view(-1, self.joints, 6)
         c0 = _unit(o[..., 0:3])
         b = o[..., 3:6]
         c1 = _unit(b - (c0 * b).sum(dim=-1, keepdim=True) * c0)
-        c2 = (c0.unsqueeze(-1) * c1.unsqueeze(-2)).reshape(-1, self.joints, 9) @ self.cross
-        rows = torch.cat([c0, c1, c2], dim=-1).reshape(-1, self.joints, 3, 3)  # rows = columns of M
+        c2 = (c0.unsqueeze(-1) * c1.unsqueeze(-2)).view(-1, self.joints, 9) @ self.cross
+        rows = torch.cat([c0, c1, c2], dim=-1).view(-1, self.joints, 3, 3)  # rows = columns of M
         # Transposed frames; the root's parent is the yaw, so its local rotation comes out in world space.
         frames = torch.cat([turn.unsqueeze(1), rows], dim=1)  # (B, 1+J, 3, 3)
         local = frames[:, self.parents] @ rows.transpose(-1, -2)  # parent^T @ M
 
-        cands = local.reshape(-1, self.joints, 9) @ self.quat_map + self.quat_bias  # (B, J, 16)
-        pick = self.eye4[torch.index_select(cands, 2, self.diag).argmax(dim=-1)]  # one-hot (B, J, 4)
-        q = (pick.unsqueeze(-2) @ cands.reshape(-1, self.joints, 4, 4)).squeeze(-2)
-        q = _unit(q)
-        q = torch.where((q * previous_rotations).sum(dim=-1, keepdim=True) < 0, -q, q)
+        cands = torch.addmm(self.quat_bias, local.reshape(-1, 9), self.quat_map)  # (B*J, 16)
+        pick = self.eye4[torch.index_select(cands, 1, self.diag).argmax(dim=-1)]  # one-hot (B*J, 4)
+        q = (pick.unsqueeze(1) @ cands.view(-1, 4, 4)).view(-1, self.joints, 4)
+        # Unit length, in the hemisphere of the previous step's rotation: one division does both.
+        norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+        flip = (q * previous_rotations).sum(dim=-1, keepdim=True) < 0
+        q = q / torch.where(flip, -norm, norm)
 
         # NaN fails the comparison too, so this also catches non-finite frames.
-        inside = (torch.abs(nxt - self.centre) <= self.radius).all(dim=1)
-        return next_condition, next_origin, next_yaw, positions, q, raw[:, self.contacts], ~inside, nxt
+        inside = (torch.abs(nxt - self.centre) <= self.radius).to(torch.float32).amin(dim=1)
+        contacts = raw.get("contacts", nxt[:, :0])
+        return next_condition, next_origin, next_yaw, positions, q, contacts, inside < 0.5, nxt

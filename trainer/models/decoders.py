@@ -84,13 +84,13 @@ class MixtureDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Predicted frames (B, n_future*F) from z (B, latent) and condition (B, n_cond*F)."""
-        coeff = self.coefficients(z, condition)
-        blend = coeff.unsqueeze(1)                            # (B, 1, E)
+        blend = self.coefficients(z, condition).unsqueeze(1)  # (B, 1, E)
         h = condition
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             x = torch.cat((z, h), dim=-1)
-            out = (x @ weight.flatten(1)).view(-1, self.experts, weight.shape[2])   # (B, E, out)
-            h = torch.bmm(blend, out).squeeze(1) + coeff @ bias
+            # Each expert's bias rides along in its output: sum_e c_e (x W_e + b_e), one Gemm in ONNX.
+            out = torch.addmm(bias.flatten(), x, weight.flatten(1)).view(-1, self.experts, weight.shape[2])
+            h = torch.bmm(blend, out).squeeze(1)
             if i < len(self.weights) - 1:
                 h = F.elu(h)
         return h
