@@ -238,3 +238,29 @@ def test_every_client_request_is_a_valid_message_for_the_server(godot, project, 
     assert got["spawn"]["ids"] == [0, 1] and got["despawn"]["ids"] == [1] and got["resume"]["paused"] is False
     # ui_up / a stick pushed forward walks away from the camera; no camera: towards world -Z.
     assert np.allclose(result["sticks"], [[0, -1, 2], [1, 0, 2], [-1, 0, 1], [0, -1, 0]], atol=1e-6)
+
+
+def test_held_arrow_keys_steer_the_character_through_the_addon(godot, project):
+    """ui_right then ui_up held in Godot: MotionVAEInput's joystick commands turn the default model's character."""
+    root, _ = project
+    model = load_model(None)  # the shipped default model has a joystick policy
+    per_phase = 150  # 5 s each: the turn, then 2 s measured
+    with BackgroundServer(Bridge(model, BridgeConfig(max_clients=1, characters_per_client=1, lockstep=True))) as server:
+        proc = godot(root, "-s", "res://godot_tests/steer.gd", "--", "--url", server.url, "--out", "res://steer.json",
+                     "--frames", str(per_phase))
+    assert proc.returncode == 0 and not script_errors(proc.stdout + proc.stderr), proc.stderr[-2000:]
+    result = json.loads((root / "steer.json").read_text())
+    assert result["errors"] == [] and result["phases"] == ["ui_right", "ui_up"]
+    wanted = {0: np.array([1.0, 0.0]), 1: np.array([0.0, -1.0])}  # world (x, z): no camera, ui_up is -Z
+    last = int(2 * model.fps)
+    for phase, direction in wanted.items():
+        rows = [r for r in result["frames"] if r["phase"] == phase]
+        assert len(rows) == per_phase
+        assert not any(r["reset"] for r in rows[phase == 0:]), "no divergence reset after the spawn's first frame"
+        root_xz = np.array([r["root"] for r in rows])[:, [0, 2]]
+        moved = root_xz[-1] - root_xz[-last]
+        speed = np.linalg.norm(moved) / 2.0
+        angle = np.degrees(np.arccos(np.clip(moved @ direction / max(np.linalg.norm(moved), 1e-9), -1, 1)))
+        print(f"{result['phases'][phase]}: heading {angle:.1f} degrees off the command, {speed:.2f} m/s "
+              f"(walk speed 1.4) over the last 2 s")
+        assert angle < 30 and 0.7 < speed < 2.1
