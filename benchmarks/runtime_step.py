@@ -4,32 +4,48 @@
     against the same decoder in PyTorch eager with per-sample weight blending (the reference formulation).
 (b) Throughput at 1, 64, 1024 and 4096 characters in character-steps per second, and the ratio to a plain
     numpy matmul doing the decoder's arithmetic (the experts' dense layers at the same batch), i.e. how
-    close to this machine's matmul limit the whole step is.
+    close to this machine's matmul limit the whole step is; and the same step with every character steered
+    by a control policy (the model's joystick policy when it has one), i.e. what a policy adds.
+Functions compared in one table are called in turn, so that a change of load on the machine hits them alike.
 Usage: python benchmarks/runtime_step.py [--model DIR] [--threads N] [--providers cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from typing import Callable
 
-import numpy as np
-import torch
+# numpy's BLAS reads its thread count once, at import: give it --threads like onnxruntime and torch.
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
 
-from runtime.controller import Controller
-from runtime.model import load_model
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from runtime.controller import Controller  # noqa: E402
+from runtime.model import load_model  # noqa: E402
 
 
-def timed(fn, min_seconds: float = 0.5, min_calls: int = 5) -> float:
-    """Median seconds per call over repeated batches of calls."""
-    fn()
-    samples = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_seconds or len(samples) < min_calls:
-        t = time.perf_counter()
+def timed(fns: dict[str, Callable[[], object]], min_seconds: float = 0.5, min_rounds: int = 5) -> dict[str, float]:
+    """Median seconds per call of each function, called in turn so that load changes hit them alike."""
+    for fn in fns.values():
         fn()
-        samples.append(time.perf_counter() - t)
-    return float(np.median(samples))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_seconds * len(fns) or len(samples[next(iter(fns))]) < min_rounds:
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t)
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+# A command per task for the "with control" column: the policy's cost does not depend on the values.
+CONTROLS = {"joystick": {"direction": [0.0, 1.0], "speed": 1.2}, "target": {"target": [5.0, 5.0]},
+            "path": {"path": [[0.0, 0.0], [0.0, 10.0], [10.0, 10.0]], "closed": True}}
 
 
 def reference_decoder(decoder, latent: int):
@@ -73,10 +89,12 @@ def main() -> int:
     ref = reference_decoder(vae.decoder, spec["latent"])
     z1 = torch.randn(1, spec["latent"])
     c1 = torch.randn(1, spec["n_cond"] * spec["frame_size"])
-    with torch.no_grad():
-        t_ref = timed(lambda: ref(z1, c1))
     ctrl = Controller(model, 1, seed=0)
-    t_step = timed(lambda: ctrl.step())
+    with torch.no_grad():
+        t = timed({"reference": lambda: ref(z1, c1), "step": ctrl.step}, min_seconds=2.0)
+    t_ref, t_step = t["reference"], t["step"]
+    task = "joystick" if "joystick" in model.policies else next(iter(sorted(model.policies)), None)
+    control = {"task": task, **CONTROLS.get(task, {})} if task else None
     print(f"device: {model.providers[0]}, threads {args.threads}; model {model.name} "
           f"({spec['decoder']}, hidden {spec['hidden']}, {model.skeleton.n_joints} joints)")
     print("(a) one step, 1 character")
@@ -84,16 +102,21 @@ def main() -> int:
     print(f"  {'Controller.step (decoder + poses, onnxruntime)':<58}{t_step * 1e3:8.3f} ms")
     print(f"  speed-up {t_ref / t_step:.2f}x (target >= 2.5x)")
 
-    print("(b) throughput")
-    print(f"  {'characters':>10}{'step ms':>10}{'char-steps/s':>14}{'numpy matmul ms':>17}{'step / matmul':>15}")
-    dec = vae.decoder
-    weights = [w.detach().flatten(1).numpy() for w in dec.weights]
+    print("(b) throughput" + (f"; with control: every character on the {task} policy" if task else ""))
+    print(f"  {'characters':>10}{'step ms':>10}{'char-steps/s':>14}{'numpy matmul ms':>17}{'step / matmul':>15}"
+          + (f"{'with control ms':>17}{'control adds ms':>17}" if task else ""))
+    weights = [w.detach().flatten(1).numpy() for w in vae.decoder.weights]
     for n in (int(s) for s in args.sizes.split(",")):
-        ctrl = Controller(model, n, seed=0)
-        t = timed(lambda: ctrl.step(), min_seconds=1.0)
+        free, steered = Controller(model, n, seed=0), Controller(model, n, seed=0)
         xs = [np.random.rand(n, w.shape[0]).astype(np.float32) for w in weights]
-        t_mm = timed(lambda: [x @ w for x, w in zip(xs, weights)], min_seconds=1.0)
-        print(f"  {n:>10}{t * 1e3:>10.3f}{n / t:>14.0f}{t_mm * 1e3:>17.3f}{t / t_mm:>15.2f}")
+        fns = {"step": free.step, "matmul": lambda: [x @ w for x, w in zip(xs, weights)]}
+        if task:
+            fns["control"] = lambda: steered.step(control=control)
+        t = timed(fns, min_seconds=1.0)
+        row = f"  {n:>10}{t['step'] * 1e3:>10.3f}{n / t['step']:>14.0f}{t['matmul'] * 1e3:>17.3f}{t['step'] / t['matmul']:>15.2f}"
+        if task:
+            row += f"{t['control'] * 1e3:>17.3f}{(t['control'] - t['step']) * 1e3:>17.3f}"
+        print(row)
     return 0
 
 
