@@ -1,7 +1,8 @@
 """Build the Blender extension zip: `python -m blender_addon.build [--out DIR]`.
 
-Stages blender_addon/extension/ with runtime/ copied in as a subpackage and onnxruntime wheels under
-wheels/, then builds and validates the zip with the blender_ext.py that ships inside the bpy wheel.
+Stages blender_addon/extension/ with runtime/ and godot_bridge/protocol.py copied in as subpackages and the
+onnxruntime and websockets wheels under wheels/, then builds and validates the zip with the blender_ext.py that
+ships inside the bpy wheel.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(__file__).resolve().with_name("extension")
 RUNTIME = ROOT / "runtime"
+# The wire format, one file with no imports outside the standard library and numpy: the extension's server
+# source reads frames with the very module the server writes them with.
+BRIDGE_PROTOCOL = ROOT / "godot_bridge" / "protocol.py"
 WORK = ROOT / "build" / "blender_addon"
 PYTHON = "3.11"  # Blender 4.2 to 5.0 embed Python 3.11
 # Blender platform -> pip platform tags of the onnxruntime wheels it can load, best first.
@@ -28,7 +32,8 @@ PLATFORMS = {
 EXAMPLES = """examples:
   python -m blender_addon.build                                   # dist/motion_vae-<version>.zip, linux-x64
   python -m blender_addon.build --platform linux-x64 --platform windows-x64
-  python -m blender_addon.build --wheel ~/wheels/onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
+  python -m blender_addon.build --wheel ~/wheels/onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl \
+      --wheel ~/wheels/websockets-15.0.1-py3-none-any.whl
 """
 
 
@@ -56,6 +61,21 @@ def _run(args: list[str], what: str) -> str:
     return done.stdout
 
 
+def _download(pinned: str, cache: Path, what: str, tags: list[str]) -> None:
+    """pip download one wheel for CPython 3.11 and the given pip tags into cache."""
+    cache.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", PYTHON,
+            "--dest", str(cache), "--quiet", pinned]
+    for tag in tags:
+        args += ["--platform", tag]
+    _run(args, f"pip download {pinned} for {what}")
+
+
+def _newest(wheels: list[Path]) -> Path:
+    """The wheel with the highest version among wheels of one package."""
+    return max(wheels, key=lambda w: [int(p) for p in re.findall(r"\d+", w.name.split("-")[1])])
+
+
 def fetch_wheel(platform: str, version: str | None, cache: Path) -> Path:
     """The onnxruntime cp311 wheel for a Blender platform, downloaded unmodified from PyPI into cache."""
     tags = PLATFORMS[platform]
@@ -66,20 +86,31 @@ def fetch_wheel(platform: str, version: str | None, cache: Path) -> Path:
 
     # A pinned wheel already downloaded is reused, so rebuilds work offline.
     if not (version and cached()):
-        pinned = f"onnxruntime=={version}" if version else "onnxruntime"
-        cache.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-                PYTHON, "--dest", str(cache), "--quiet", pinned]
-        for tag in tags:
-            args += ["--platform", tag]
-        _run(args, f"pip download {pinned} for {platform}")
+        _download(f"onnxruntime=={version}" if version else "onnxruntime", cache, platform, list(tags))
     found = cached()
     if not found:
         raise BuildError(f"pip found no {cp} onnxruntime wheel for {platform} in {cache}")
-    return max(found, key=lambda w: [int(p) for p in re.findall(r"\d+", w.name.split("-")[1])])
+    return _newest(found)
 
 
-def _platform_of(wheel: Path) -> str:
+def fetch_websockets(version: str | None, cache: Path) -> Path:
+    """The pure-Python websockets wheel (the server source's client, any platform), unmodified from PyPI."""
+    def cached() -> list[Path]:
+        return sorted(cache.glob(f"websockets-{version or '*'}-py3-none-any.whl"))
+
+    if not (version and cached()):
+        # Platform "any" makes pip pick the py3-none-any wheel over the C-accelerated ones.
+        _download(f"websockets=={version}" if version else "websockets", cache, "any platform", ["any"])
+    found = cached()
+    if not found:
+        raise BuildError(f"pip found no py3-none-any websockets wheel in {cache}")
+    return _newest(found)
+
+
+def _platform_of(wheel: Path) -> str | None:
+    """The Blender platform a wheel is for; None for a pure-Python wheel."""
+    if wheel.name.endswith("-none-any.whl"):
+        return None
     for platform, tags in PLATFORMS.items():
         if any(tag in wheel.name for tag in tags):
             return platform
@@ -87,7 +118,7 @@ def _platform_of(wheel: Path) -> str:
 
 
 def stage(dest: Path, wheels: list[Path]) -> Path:
-    """Lay the extension out in dest/<id>: sources, runtime/ (and its default model), wheels, manifest filled in."""
+    """Lay the extension out in dest/<id>: sources, runtime/ (with its default model), the wire protocol, wheels."""
     manifest = (SOURCE / "blender_manifest.toml").read_text(encoding="utf-8")
     package = dest / tomllib.loads(manifest)["id"]
     if package.exists():
@@ -98,10 +129,14 @@ def stage(dest: Path, wheels: list[Path]) -> Path:
         shutil.copy2(source, package / "runtime" / source.name)
     if (RUNTIME / "assets" / "default" / "model.json").is_file():
         shutil.copytree(RUNTIME / "assets" / "default", package / "runtime" / "assets" / "default")
+    (package / "godot_bridge").mkdir()
+    shutil.copy2(BRIDGE_PROTOCOL, package / "godot_bridge" / "protocol.py")
+    (package / "godot_bridge" / "__init__.py").write_text(
+        '"""godot_bridge/protocol.py of the repository, copied in by blender_addon/build.py."""\n', encoding="utf-8")
     (package / "wheels").mkdir()
     for wheel in wheels:
         shutil.copy2(wheel, package / "wheels" / wheel.name)
-    platforms = sorted({_platform_of(w) for w in wheels})
+    platforms = sorted({p for p in map(_platform_of, wheels) if p is not None})
     listed = ", ".join(f'"./wheels/{w.name}"' for w in wheels)
     for key, value in (("platforms", ", ".join(f'"{p}"' for p in platforms)), ("wheels", listed)):
         manifest, n = re.subn(rf"^{key} = \[\]$", f"{key} = [{value}]", manifest, flags=re.MULTILINE)
@@ -112,7 +147,10 @@ def stage(dest: Path, wheels: list[Path]) -> Path:
 
 
 def build(out: Path, wheels: list[Path]) -> Path:
-    """Stage, build and validate the extension; returns the zip."""
+    """Stage, build and validate the extension; returns the zip. wheels must hold onnxruntime and websockets."""
+    for needed in ("onnxruntime", "websockets"):
+        if not any(w.name.startswith(f"{needed}-") for w in wheels):
+            raise BuildError(f"no {needed} wheel to bundle: the extension imports it")
     tool = blender_ext()
     package = stage(WORK, wheels)
     meta = tomllib.loads((package / "blender_manifest.toml").read_text(encoding="utf-8"))
@@ -124,10 +162,10 @@ def build(out: Path, wheels: list[Path]) -> Path:
     return archive
 
 
-def _installed_onnxruntime() -> str | None:
-    """The onnxruntime version this environment runs (and tests) the runtime with."""
+def installed(package: str) -> str | None:
+    """The version of package this environment runs (and tests) the extension's code with."""
     try:
-        return metadata.version("onnxruntime")
+        return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
 
@@ -139,10 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=ROOT / "dist", help="folder for the zip (default dist/)")
     p.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
                    help="Blender platform to bundle onnxruntime for; repeat for several (default linux-x64)")
-    p.add_argument("--onnxruntime", metavar="VERSION", default=_installed_onnxruntime(),
+    p.add_argument("--onnxruntime", metavar="VERSION", default=installed("onnxruntime"),
                    help="onnxruntime version to bundle (default: the one installed here, %(default)s)")
+    p.add_argument("--websockets", metavar="VERSION", default=installed("websockets"),
+                   help="websockets version to bundle (default: the one installed here, %(default)s)")
     p.add_argument("--wheel", type=Path, action="append", default=[],
-                   help="bundle this wheel instead of downloading one (offline builds); repeatable")
+                   help="bundle this wheel instead of downloading one (offline builds); repeatable; onnxruntime "
+                        "is then not downloaded, websockets only when no websockets wheel is given")
     return p
 
 
@@ -153,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         missing = [w for w in args.wheel if not w.is_file()]
         if missing:
             raise BuildError(f"{missing[0]}: no such wheel")
-        wheels = args.wheel or [fetch_wheel(p, args.onnxruntime, WORK / "wheel-cache")
-                                for p in args.platform or ["linux-x64"]]
+        cache = WORK / "wheel-cache"
+        wheels = args.wheel or [fetch_wheel(p, args.onnxruntime, cache) for p in args.platform or ["linux-x64"]]
+        if not any(w.name.startswith("websockets-") for w in wheels):
+            wheels.append(fetch_websockets(args.websockets, cache))
         archive = build(args.out, wheels)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)

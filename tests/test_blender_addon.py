@@ -1,11 +1,14 @@
-"""The Blender extension on real bpy 5.0.1: build, install, bake, retarget, live play, bad input, render, export."""
+"""The Blender extension on real bpy 5.0.1: build, install, bake, retarget, live play, steering, a godot_bridge
+server as the live source, bad input, render, export."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,12 @@ BLENDER_HOME = Path(tempfile.gettempdir()) / f"motionvae-blender-{os.getpid()}"
 os.environ["BLENDER_USER_RESOURCES"] = str(BLENDER_HOME)
 bpy = pytest.importorskip("bpy", reason="bpy is not installed: `pip install bpy==5.0.1` runs the Blender tests")
 
+from websockets.sync.client import connect  # noqa: E402
+
 from blender_addon import build  # noqa: E402
+from godot_bridge import protocol as P  # noqa: E402
+from godot_bridge.background import BackgroundServer  # noqa: E402
+from godot_bridge.bridge import Bridge, BridgeConfig  # noqa: E402
 from runtime.bake import bake as runtime_bake  # noqa: E402
 from runtime.model import load_model  # noqa: E402
 
@@ -25,14 +33,16 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 FRAMES = 1000
 SEED = 3
+WAIT_S = 10.0
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """The extension zip, built and validated by blender_ext.py (the onnxruntime wheel comes from PyPI)."""
+    """The extension zip, built and validated by blender_ext.py (onnxruntime and websockets wheels from PyPI)."""
     cache = build.WORK / "wheel-cache"
-    wheel = build.fetch_wheel("linux-x64", build._installed_onnxruntime(), cache)
-    return build.build(tmp_path_factory.mktemp("dist"), [wheel])
+    wheels = [build.fetch_wheel("linux-x64", build.installed("onnxruntime"), cache),
+              build.fetch_websockets(build.installed("websockets"), cache)]
+    return build.build(tmp_path_factory.mktemp("dist"), wheels)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +73,13 @@ def scene(ext, model_dir):
     settings.model_dir = str(model_dir)
     settings.seed = SEED
     return bpy.context.scene
+
+
+@pytest.fixture
+def default_scene(scene):
+    """An empty scene on the model shipped inside the extension (it carries joystick and target policies)."""
+    scene.motion_vae.model_dir = ""
+    return scene
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +120,14 @@ def test_built_zip_validates_installs_and_bundles_runtime_and_wheel(built, ext):
 
     names = zipfile.ZipFile(built).namelist()
     assert "blender_manifest.toml" in names and "runtime/controller.py" in names
+    assert "godot_bridge/protocol.py" in names, "the wire format is bundled, not rewritten"
     assert any(n.startswith("wheels/onnxruntime-") and n.endswith(".whl") for n in names)
+    assert any(n.startswith("wheels/websockets-") and n.endswith("-py3-none-any.whl") for n in names)
     build._run([sys.executable, str(build.blender_ext()), "validate", str(built)], "validate")
     site = Path(bpy.utils.user_resource("EXTENSIONS")) / ".local" / "lib"
-    assert list(site.glob("python3.*/site-packages/onnxruntime/__init__.py")), "the bundled wheel was not installed"
-    for op in ("create_armature", "auto_map", "bake", "play", "stop", "reset", "export_animation"):
+    for package in ("onnxruntime", "websockets"):
+        assert list(site.glob(f"python3.*/site-packages/{package}/__init__.py")), f"the bundled {package} is missing"
+    for op in ("create_armature", "auto_map", "bake", "play", "stop", "reset", "export_animation", "steer"):
         assert hasattr(bpy.ops.motion_vae, op)
     assert ext.__name__ == "bl_ext.user_default.motion_vae"
 
@@ -385,3 +405,280 @@ def test_panel_draws_settings_buttons_and_greys_steering_without_policies(scene,
         assert name in drawn, name
     assert ("RANDOM", True) in drawn
     assert {("JOYSTICK", False), ("TARGET", False), ("CURVE", False)} <= set(drawn)
+
+
+def test_panel_draws_the_settings_of_the_picked_mode_and_source(default_scene, ext):
+    from types import SimpleNamespace
+
+    ui = _sub(ext, "ui")
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+
+    def drawn_with(mode: str, source: str = "LOCAL") -> list:
+        settings.mode, settings.source = mode, source
+        drawn: list = []
+        ui.MOTION_VAE_PT_main.draw(SimpleNamespace(layout=_Layout(drawn)), bpy.context)
+        return drawn
+
+    joystick = drawn_with("JOYSTICK")
+    assert {"stick", "joystick_speed", "motion_vae.steer"} <= set(joystick)
+    assert "target_object" not in joystick and "server_host" not in joystick
+    assert {("JOYSTICK", True), ("TARGET", True), ("CURVE", False)} <= set(joystick), "no path policy: no curve"
+    assert "target_object" in drawn_with("TARGET") and "curve_object" in drawn_with("CURVE")
+    server = drawn_with("RANDOM", "SERVER")
+    assert {"server_host", "server_port", "server_token"} <= set(server) and "stick" not in server
+    assert ("CURVE", False) in server and ("TARGET", True) in server, "the protocol carries joystick and target only"
+
+
+def test_keys_push_the_stick_relative_to_the_view(ext):
+    keys = _sub(ext, "joystick")
+    assert keys.stick_from_keys(set(), (1.0, 0.0)) == (0.0, 0.0)
+    assert keys.stick_from_keys({"W"}, (1.0, 0.0)) == pytest.approx((0.0, 1.0)), "front/top view: W is world +Y"
+    assert keys.stick_from_keys({"W", "D"}, (1.0, 0.0)) == pytest.approx((0.5 ** 0.5, 0.5 ** 0.5))
+    assert keys.stick_from_keys({"W", "S"}, (1.0, 0.0)) == (0.0, 0.0)
+    assert keys.stick_from_keys({"UP_ARROW"}, (0.0, 2.0)) == pytest.approx((-1.0, 0.0)), "view turned: W follows it"
+
+
+def _root(obj) -> tuple[np.ndarray, np.ndarray]:
+    """The root bone's world position and the character's facing on the ground (unit x, y), in Blender world.
+
+    The model's rest pose faces +Z, which is Blender's -Y; the root joint's world rotation turns that.
+    """
+    bpy.context.view_layer.update()
+    root = obj.pose.bones[0]
+    world = np.array(obj.matrix_world) @ np.array(root.matrix)
+    joint = world[:3, :3] @ np.array(root.bone.matrix_local)[:3, :3].T  # the joint's world rotation
+    facing = (joint @ np.array([0.0, -1.0, 0.0]))[:2]
+    return world[:3, 3], facing / np.linalg.norm(facing)
+
+
+def _play(live, ticks: int) -> list:
+    """Tick a playing session ticks times; the root (position, facing) after each."""
+    out = []
+    for _ in range(ticks):
+        assert live.tick() is not None, live.status()
+        out.append(_root(bpy.context.scene.motion_vae.armature))
+    return out
+
+
+def test_joystick_turns_the_character_towards_the_stick_and_bakes_as_it_plays(default_scene, ext):
+    live = _sub(ext, "live")
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    obj = settings.armature
+    bones = [b.name for b in obj.data.bones]
+    settings.mode, settings.stick, settings.joystick_speed = "JOYSTICK", (1.0, 0.0), 1.5  # towards world +X
+    assert bpy.ops.motion_vae.play() == {"FINISHED"}
+    start_facing = _root(obj)[1]
+    assert start_facing @ [0.0, -1.0] > 0.9, "a start frame faces -Y"
+    ticks = 90
+    heads = {}
+    track = []
+    for t in range(1, ticks + 1):
+        track += _play(live, 1)
+        if t % 15 == 0:
+            heads[t] = _heads(obj, bones)
+    facing = track[-1][1]
+    travel = track[-1][0][:2] - track[ticks // 2][0][:2]
+    assert facing @ [1.0, 0.0] > np.cos(np.radians(35)), f"faces {facing} after 3 s, not +X"
+    assert travel[0] > 0.5 and abs(travel[1]) < travel[0], f"walked {travel} in the last 1.5 s, not towards +X"
+    assert bpy.ops.motion_vae.stop() == {"FINISHED"}
+
+    settings.frames = ticks
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    baked = _baked_heads(obj, bones, np.array(sorted(heads)) - 1)
+    error = np.linalg.norm(baked - np.array([heads[t] for t in sorted(heads)]), axis=-1)
+    assert error.max() < 1e-4, f"live and baked joystick poses differ by {error.max() * 100:.3f} cm"
+
+
+def test_target_mode_walks_to_the_target_object_of_a_moved_and_turned_armature(default_scene, ext):
+    live = _sub(ext, "live")
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    obj = settings.armature
+    # The target is found in the armature's own space: turned a quarter about Z, moved off the origin.
+    obj.location, obj.rotation_euler = (1.0, 2.0, 0.0), (0.0, 0.0, np.radians(90))
+    goal = bpy.data.objects.new("Goal", None)
+    default_scene.collection.objects.link(goal)
+    goal.location = (4.0, 5.0, 0.0)
+    settings.mode = "TARGET"
+    _refused(bpy.ops.motion_vae.play, "needs a target object")
+    settings.target_object = goal
+    assert bpy.ops.motion_vae.play() == {"FINISHED"}
+    before = np.linalg.norm(_root(obj)[0][:2] - [4.0, 5.0])
+    track = _play(live, 150)
+    after = np.linalg.norm(track[-1][0][:2] - [4.0, 5.0])
+    assert after < before - 1.0, f"5 s towards the target took it from {before:.2f} m to {after:.2f} m"
+
+    bpy.data.objects.remove(goal)  # what it walks to is gone: play stops with a status, not an exception
+    assert live.tick() is None and not live.playing()
+    assert live.status() == ("ERROR", "The target object 'Goal' is gone: steering stopped.")
+
+
+def test_curve_mode_without_a_path_policy_is_refused_and_changes_nothing(default_scene):
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    settings.curve_object = _curve("Route", [(0, 0, 0), (0, -4, 0), (4, -4, 0)])
+    settings.mode = "CURVE"
+    before = _snapshot(default_scene)
+    for op in (bpy.ops.motion_vae.play, bpy.ops.motion_vae.bake, bpy.ops.motion_vae.reset):
+        _refused(op, "Mode 'Follow curve' needs a 'path' control policy, which model 'default' does not have")
+    settings.source = "SERVER"
+    _refused(bpy.ops.motion_vae.play, "protocol carries joystick and target control only")
+    assert _snapshot(default_scene) == before
+
+
+def _curve(name: str, points: list, cyclic: bool = False) -> bpy.types.Object:
+    """A Bezier curve object through points (automatic handles), linked to the scene."""
+    data = bpy.data.curves.new(name, "CURVE")
+    data.dimensions = "3D"
+    spline = data.splines.new("BEZIER")
+    spline.bezier_points.add(len(points) - 1)
+    for knot, p in zip(spline.bezier_points, points):
+        knot.co = p
+        knot.handle_left_type = knot.handle_right_type = "AUTO"
+    spline.use_cyclic_u = cyclic
+    obj = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+@pytest.fixture(scope="module")
+def path_model(model_dir, tmp_path_factory):
+    """A copy of the tiny model with an untrained 'path' policy: enough to check the wiring, not to follow well."""
+    import torch
+
+    from trainer.policy.export import export_policy
+    from trainer.policy.ppo import ActorCritic, PPOConfig
+    from trainer.policy.stepper import OnnxStepper
+    from trainer.policy.tasks import ControlEnv
+
+    out = tmp_path_factory.mktemp("path") / "tiny"
+    shutil.copytree(model_dir, out)
+    torch.manual_seed(0)
+    env = ControlEnv("path", OnnxStepper(load_model(out), torch.device("cpu")), 1)
+    net = ActorCritic(env.obs_size, env.action_size, PPOConfig(hidden=16, init_log_std=0.0))
+    export_policy(net, out, "path", env.blocks, env.config.runtime("path"), {"frames": 0})
+    return out
+
+
+def test_curve_mode_sends_the_curve_in_model_space_and_bakes_as_it_plays(scene, ext, path_model):
+    live, steering = _sub(ext, "live"), _sub(ext, "steering")
+    settings = scene.motion_vae
+    settings.model_dir = str(path_model)
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    obj = settings.armature
+    obj.location, obj.rotation_euler = (0.5, -1.0, 0.0), (0.0, 0.0, np.radians(30))
+    curve = _curve("Route", [(0, 0, 0), (1, -3, 0.5), (4, -4, 0)])
+    curve.location = (1.0, 0.0, 0.0)
+    settings.mode, settings.curve_object = "CURVE", curve
+
+    # The curve's points as Blender evaluates them, taken to the armature's space, then Y up: (x, y, z) -> (x, -y).
+    bpy.context.view_layer.update()
+    mesh = curve.evaluated_get(bpy.context.evaluated_depsgraph_get()).to_mesh()
+    world = np.array([curve.matrix_world @ v.co for v in mesh.vertices])
+    local = (np.linalg.inv(np.array(obj.matrix_world)) @ np.c_[world, np.ones(len(world))].T).T[:, :3]
+    points, closed = steering.curve_path(curve, obj)
+    assert not closed and np.allclose(points, local[:, [0, 1]] * [1, -1], atol=1e-5)
+
+    bones = [b.name for b in obj.data.bones]
+    assert bpy.ops.motion_vae.play() == {"FINISHED"}
+    for _ in range(45):
+        assert live.tick() is not None
+    played = _heads(obj, bones)
+    assert bpy.ops.motion_vae.stop() == {"FINISHED"}
+    settings.frames = 45
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    assert np.abs(_baked_heads(obj, bones, np.array([44]))[0] - played).max() < 1e-4, "live and bake disagree"
+    settings.mode = "RANDOM"
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    assert np.abs(_baked_heads(obj, bones, np.array([44]))[0] - played).max() > 1e-3, "the path policy was not used"
+
+
+def _reference_client(ws, seed: int) -> dict:
+    """Make ws a plain Python client of the bridge, seeded, one character spawned as the extension spawns its own."""
+    hello = json.loads(ws.recv(WAIT_S))
+    for text in (P.encode_client_message("seed", seed=seed),
+                 P.encode_client_message("spawn", start=0, position=[0.0, 0.0], yaw=0.0)):
+        ws.send(text)
+        assert json.loads(ws.recv(WAIT_S))["type"] == "ok"
+    return hello
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def _spawned(server: BackgroundServer) -> int:
+    return server.call(lambda: sum(int(c.spawned.sum()) for c in server.bridge.clients.values()))
+
+
+def test_server_source_shows_the_servers_frames_and_says_when_it_goes_away(default_scene, ext):
+    live = _sub(ext, "live")
+    model = load_model(None)
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    obj = settings.armature
+    # Lockstep: the server steps once both clients asked, so the same seed and start give both the same frames.
+    server = BackgroundServer(Bridge(model, BridgeConfig(max_clients=2, characters_per_client=1, lockstep=True)))
+    with server, connect(server.url) as ref:
+        hello = _reference_client(ref, SEED)
+        settings.source, settings.server_port, settings.start = "SERVER", server.port, 0
+        assert bpy.ops.motion_vae.play() == {"FINISHED"} and live.playing()
+        link = live.session().link
+        _until(lambda: _spawned(server) == 2, "the extension's character to spawn")
+        errors = []
+        for _ in range(30):
+            ref.send(P.encode_client_message("step"))
+            frame = P.decode_frame(ref.recv(WAIT_S), len(hello["skeleton"]["names"]))
+            _until(lambda: live.tick() is not None and live.session().frame == frame.frame, f"frame {frame.frame}")
+            want = model.skeleton.forward_kinematics(frame.local_rotations.astype(np.float64),
+                                                     frame.root_position.astype(np.float64))[0][0]
+            shown = _heads(obj, list(model.skeleton.names))
+            errors.append(np.linalg.norm(shown - want @ Y_UP_TO_Z_UP.T, axis=-1).max())
+        assert max(errors) < 1e-3, f"the armature is {max(errors) * 100:.2f} cm off the server's frames"
+        assert live.status()[0] == "INFO" and "frame" in live.status()[1]
+    _until(lambda: live.tick() is None, "play to stop")
+    assert not live.playing() and live.session() is None and not link.alive
+    assert live.status() == ("ERROR", f"The godot_bridge server at ws://127.0.0.1:{server.port}/ closed the "
+                                      "connection (the server shut down).")
+
+
+def test_server_source_refusals_and_a_bounded_frame_queue(default_scene, ext):
+    live = _sub(ext, "live")
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    settings.source = "SERVER"
+    with BackgroundServer(Bridge(load_model(None), BridgeConfig(max_clients=1)), token="s3cret") as server:
+        settings.server_port = server.port
+        before = _snapshot(default_scene)
+        settings.server_token = "wrong"
+        _refused(bpy.ops.motion_vae.play, r"refused the token \(HTTP 401\)")
+        settings.server_token, settings.start = "s3cret", 999
+        _refused(bpy.ops.motion_vae.play, "Start 999: the model has start frames 0 to")
+        assert _snapshot(default_scene) == before and live.session() is None and _spawned(server) == 0
+
+        settings.start, settings.mode, settings.stick = -1, "JOYSTICK", (0.0, 1.0)
+        assert bpy.ops.motion_vae.play() == {"FINISHED"}
+        link = live.session().link
+        time.sleep(20 / server.bridge.model.fps)  # Blender busy: frames keep coming, the queue does not grow
+        assert link.frames.qsize() <= 1 and link.dropped >= 5
+        assert live.tick() is not None
+        newest = live.session().frame
+        assert newest is not None and server.call(lambda: server.bridge.ctrl.frame) - newest <= 5, "not the newest"
+        _until(lambda: server.call(lambda: server.bridge._task[0]) == "joystick", "the joystick control to arrive")
+        assert bpy.ops.motion_vae.stop() == {"FINISHED"} and live.session() is None and not link.alive
+        _until(lambda: _spawned(server) == 0, "the server to free the character")
+        assert bpy.ops.motion_vae.play() == {"FINISHED"}
+        link = live.session().link
+        ext.unregister()  # disabling the extension ends the network thread too
+        try:
+            assert not link.alive and live.session() is None
+        finally:
+            ext.register()
+        _until(lambda: _spawned(server) == 0, "the server to free the character")
+    port = server.port  # nothing listens there now
+    _refused(bpy.ops.motion_vae.play, f"No godot_bridge server at ws://127.0.0.1:{port}/ \\(connection refused\\)")

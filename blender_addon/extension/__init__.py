@@ -2,9 +2,9 @@
 import bpy
 from bpy.app.handlers import persistent
 
-from . import live, models, operators, props, ui
+from . import joystick, live, models, operators, props, ui
 
-_CLASSES = operators.CLASSES + ui.CLASSES
+_CLASSES = operators.CLASSES + joystick.CLASSES + ui.CLASSES
 
 
 @persistent
@@ -22,7 +22,7 @@ def register() -> None:
 
 
 def unregister() -> None:
-    """Undo register(), ending any live session first."""
+    """Undo register(), ending any live session (and its network thread) first."""
     live.end()
     bpy.app.handlers.load_pre.remove(_end_live_on_load)
     for cls in reversed(_CLASSES):

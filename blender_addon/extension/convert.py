@@ -13,6 +13,16 @@ def positions_to_blender(p: np.ndarray) -> np.ndarray:
     return np.asarray(p, dtype=np.float64) @ Y_UP_TO_Z_UP.T
 
 
+def positions_to_model(p: np.ndarray) -> np.ndarray:
+    """Blender-space points (..., 3) -> model space (the inverse of positions_to_blender)."""
+    return np.asarray(p, dtype=np.float64) @ Y_UP_TO_Z_UP
+
+
+def ground_to_model(p: np.ndarray) -> np.ndarray:
+    """Blender-space points or directions (..., 3) -> the model's ground coordinates (x, z), height dropped."""
+    return positions_to_model(p)[..., [0, 2]]
+
+
 def rotations_to_blender(m: np.ndarray) -> np.ndarray:
     """Model-space rotation matrices (..., 3, 3) -> the same rotations expressed in Blender space."""
     return Y_UP_TO_Z_UP @ np.asarray(m, dtype=np.float64) @ Y_UP_TO_Z_UP.T

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .runtime.bake import bake
+from .runtime.control import ControlScript
 from .runtime.controller import Controller
 from .runtime.model import MotionModel
 
@@ -15,7 +16,8 @@ def start_controller(model: MotionModel, seed: int, start: int | None) -> Contro
     return ctrl
 
 
-def run(model: MotionModel, frames: int, seed: int, start: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Step frames times: root positions (T, 3) and local rotations (T, J, 4) (x, y, z, w), model space."""
-    clip = bake(model, frames, seed, 1, start)
+def run(model: MotionModel, frames: int, seed: int, start: int | None,
+        control: ControlScript | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Step frames times, steered by control: root positions (T, 3) and local rotations (T, J, 4) (x, y, z, w)."""
+    clip = bake(model, frames, seed, 1, start, control=control)
     return clip.root_positions[:, 0], clip.rotations[:, 0]

@@ -13,13 +13,15 @@ from bpy_extras.io_utils import ExportHelper
 from . import live, models
 from .action import bone_channel, write_action
 from .bonemap import auto_match
+from .bridge_client import STREAMED_TASKS, BridgeLink, is_loopback
 from .errors import AddonError
 from .export import export_animation
 from .motion import run
-from .props import POLICY_OF_MODE
 from .retarget import Binding, bind, pose
 from .rig import create_armature, read_rest, use_quaternions
 from .runtime.model import ModelError, MotionModel
+from .runtime.skeleton import Skeleton
+from .steering import Steering, check_policy, mode_label
 
 
 def reports_errors(execute):
@@ -59,49 +61,95 @@ def _store_map(obj: bpy.types.Object, mapping: dict[str, str]) -> None:
         row.joint, row.bone = joint, bone
 
 
+def _mapping(obj: bpy.types.Object, skeleton: Skeleton) -> tuple[dict[str, str], Binding]:
+    """The armature's bone map for a skeleton and its binding; a rig never mapped (empty table) is matched by name."""
+    mapping = _stored_map(obj) or auto_match(skeleton.names, [b.name for b in obj.data.bones])
+    return mapping, bind(skeleton, read_rest(obj), mapping)
+
+
+def _commit(obj: bpy.types.Object, mapping: dict[str, str], binding: Binding) -> None:
+    """The changes every driving operator makes: the bone map saved, quaternion rotation on driven bones."""
+    if _stored_map(obj) != mapping:
+        _store_map(obj, mapping)
+    use_quaternions(obj, binding.bone_names)
+
+
+def _start(context: bpy.types.Context, frames: int) -> int | None:
+    """The panel's start frame (None: the seed picks), checked against a count of start frames."""
+    start = context.scene.motion_vae.start
+    if start >= frames:
+        raise AddonError(f"Start {start}: the model has start frames 0 to {frames - 1} (-1 lets the seed pick).")
+    return None if start < 0 else start
+
+
 @dataclass
 class _Target:
-    """Everything a bake or a live session needs, checked."""
+    """Everything a bake or a local live session needs, checked."""
 
     model: MotionModel
     obj: bpy.types.Object
     mapping: dict[str, str]
     binding: Binding
+    steering: Steering
     seed: int
     start: int | None
 
     @property
     def key(self) -> tuple:
-        """What a live session made from this target depends on."""
+        """What a live session made from this target depends on (its steering can change between plays)."""
         return self.obj.name, self.model.path, self.seed, self.start, tuple(self.mapping.items())
 
     def session(self) -> live.LiveSession:
         """A live session on this target."""
-        return live.LiveSession(self.model, self.binding, self.obj, self.seed, self.start, self.key)
+        return live.LiveSession(self.model, live.Display(self.binding, self.obj), self.steering, self.seed,
+                                self.start, self.key)
 
     def commit(self) -> None:
-        """The changes every driving operator makes: the bone map saved, quaternion rotation on driven bones."""
-        if _stored_map(self.obj) != self.mapping:
-            _store_map(self.obj, self.mapping)
-        use_quaternions(self.obj, self.binding.bone_names)
+        """Save the bone map and switch the driven bones to quaternions."""
+        _commit(self.obj, self.mapping, self.binding)
 
 
 def _target(context: bpy.types.Context) -> _Target:
-    """The model, armature and bone map of the panel, checked; nothing in the scene changes."""
+    """The model, armature, bone map and steering of the panel, checked; nothing in the scene changes."""
     settings = context.scene.motion_vae
     obj = _armature(context)
     model = models.load(settings.model_dir)
-    task = POLICY_OF_MODE.get(settings.mode)
-    if task is not None and task not in model.policies:
-        raise AddonError(f"Mode '{settings.mode.title()}' needs a '{task}' control policy, which model "
-                         f"'{model.name}' does not have; use Random walk.")
-    start = None if settings.start < 0 else settings.start
-    if start is not None and start >= len(model.start_frames):
-        raise AddonError(f"Start {start}: model '{model.name}' has start frames 0 to {len(model.start_frames) - 1} "
-                         "(-1 lets the seed pick).")
-    # An empty table (a rig never mapped) is matched by name on first use.
-    mapping = _stored_map(obj) or auto_match(model.skeleton.names, [b.name for b in obj.data.bones])
-    return _Target(model, obj, mapping, bind(model.skeleton, read_rest(obj), mapping), settings.seed, start)
+    check_policy(settings.mode, model.policies, f"model '{model.name}'")
+    start = _start(context, len(model.start_frames))
+    mapping, binding = _mapping(obj, model.skeleton)
+    return _Target(model, obj, mapping, binding, Steering(context.scene, obj, settings.mode), settings.seed, start)
+
+
+_Bound = tuple[bpy.types.Object, dict[str, str], Binding]  # what _commit takes
+
+
+def _remote_session(context: bpy.types.Context) -> tuple[live.RemoteSession, _Bound]:
+    """A session on the panel's server, connected and checked but not spawned yet; nothing in the scene changes."""
+    settings = context.scene.motion_vae
+    obj = _armature(context)
+    steering = Steering(context.scene, obj, settings.mode)
+    if steering.task is not None and steering.task not in STREAMED_TASKS:
+        raise AddonError(f"Mode '{mode_label(settings.mode)}' cannot steer a server's character: the godot_bridge "
+                         f"protocol carries {' and '.join(STREAMED_TASKS)} control only. Use the Local source.")
+    host = settings.server_host.strip()
+    if not is_loopback(host) and not bpy.app.online_access:
+        raise AddonError(f"A server on {host} needs Blender's online access (Preferences > System > Network > "
+                         "Allow Online Access); a server on this machine (127.0.0.1) does not.")
+    link = BridgeLink.open(host, settings.server_port, settings.server_token)
+    try:
+        hello = link.hello
+        check_policy(settings.mode, hello.get("tasks") or [], f"the server's model '{hello.get('model')}'")
+        start = _start(context, int(hello.get("start_frames", 0)))
+        try:
+            skeleton = Skeleton.from_dict(hello["skeleton"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise AddonError(f"The server at {link.where} sent a skeleton this extension cannot read ({e}).") from None
+        mapping, binding = _mapping(obj, skeleton)
+        session = live.RemoteSession(link, live.Display(binding, obj), steering, settings.seed, start)
+    except BaseException:
+        link.close()
+        raise
+    return session, (obj, mapping, binding)
 
 
 def _set_scene_fps(scene: bpy.types.Scene, fps: float) -> None:
@@ -159,7 +207,7 @@ class MOTION_VAE_OT_bake(bpy.types.Operator):
         settings, scene = context.scene.motion_vae, context.scene
         target = _target(context)
         began = time.perf_counter()
-        roots, rotations = run(target.model, settings.frames, target.seed, target.start)
+        roots, rotations = run(target.model, settings.frames, target.seed, target.start, target.steering.script())
         rig_pose = pose(target.binding, roots, rotations)
         live.end()  # a live session would keep overwriting the pose the new Action sets
         target.commit()
@@ -177,24 +225,32 @@ class MOTION_VAE_OT_bake(bpy.types.Operator):
 
 
 class MOTION_VAE_OT_play(bpy.types.Operator):
-    """Drive the armature live at the model's fps (resumes where Stop left it)"""
+    """Drive the armature live from the panel's model or a godot_bridge server (local play resumes after Stop)"""
 
     bl_idname = "motion_vae.play"
     bl_label = "Play"
 
     @reports_errors
     def execute(self, context):
-        target = _target(context)
-        current = live.session()
-        if current is None or current.key != target.key:
-            target.commit()
-            live.begin(target.session())
+        if context.scene.motion_vae.source == "SERVER":
+            session, bound = _remote_session(context)
+            _commit(*bound)
+            live.begin(session)
+            session.spawn()
+        else:
+            target = _target(context)
+            current = live.session()
+            if not isinstance(current, live.LiveSession) or current.key != target.key:
+                target.commit()
+                live.begin(target.session())
+            elif current.steering.key != target.steering.key:
+                current.steering = target.steering  # the same steering keeps its path progress
         live.play()
         return {"FINISHED"}
 
 
 class MOTION_VAE_OT_stop(bpy.types.Operator):
-    """Stop live play (the armature keeps its last pose)"""
+    """Stop live play (the armature keeps its last pose; a server connection is closed)"""
 
     bl_idname = "motion_vae.stop"
     bl_label = "Stop"
@@ -212,6 +268,12 @@ class MOTION_VAE_OT_reset(bpy.types.Operator):
 
     @reports_errors
     def execute(self, context):
+        current = live.session()
+        if isinstance(current, live.RemoteSession):
+            current.reset()
+            return {"FINISHED"}
+        if context.scene.motion_vae.source == "SERVER":
+            raise AddonError("Not connected to a server: press Play first.")
         target = _target(context)
         was_playing = live.playing()
         target.commit()

@@ -1,20 +1,32 @@
 """Settings the panel edits, saved in the .blend: per scene, and a bone map per armature object."""
 # No `from __future__ import annotations` here: Blender reads these annotations as property definitions.
 import bpy
-from bpy.props import CollectionProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (CollectionProperty, EnumProperty, FloatProperty, FloatVectorProperty, IntProperty,
+                       PointerProperty, StringProperty)
 
-# Steering modes and the control policy (model.policies key) each needs; random walk needs none.
-POLICY_OF_MODE = {"JOYSTICK": "joystick", "TARGET": "target", "CURVE": "curve"}
+# Steering modes and the runtime control task (model.policies key) each needs; random walk needs none.
+POLICY_OF_MODE = {"JOYSTICK": "joystick", "TARGET": "target", "CURVE": "path"}
 MODES = [
     ("RANDOM", "Random walk", "Latents drawn at random: the model wanders as its data did"),
-    ("JOYSTICK", "Joystick", "Steer with keyboard or gamepad keys (needs a model with a 'joystick' policy)"),
-    ("TARGET", "Walk to target", "Walk to a target object (needs a model with a 'target' policy)"),
-    ("CURVE", "Follow curve", "Follow a curve object (needs a model with a 'curve' policy)"),
+    ("JOYSTICK", "Joystick", "Steer with the Stick, or with W A S D / arrow keys in the 3D view "
+                             "(needs a model with a 'joystick' policy)"),
+    ("TARGET", "Walk to target", "Walk to a target object, following it when it moves "
+                                 "(needs a model with a 'target' policy)"),
+    ("CURVE", "Follow curve", "Follow the first spline of a curve object, read when play starts "
+                              "(needs a model with a 'path' policy)"),
+]
+SOURCES = [
+    ("LOCAL", "Local", "Step the panel's model inside Blender"),
+    ("SERVER", "godot_bridge server", "Show the frames a running `python -m godot_bridge.serve` streams"),
 ]
 
 
 def _is_armature(_settings: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
     return obj.type == "ARMATURE"
+
+
+def _is_curve(_settings: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
+    return obj.type == "CURVE"
 
 
 class MotionVAEBoneMapItem(bpy.types.PropertyGroup):
@@ -43,6 +55,22 @@ class MotionVAESceneSettings(bpy.types.PropertyGroup):
     start: IntProperty(name="Start", default=-1, min=-1,
                        description="Start frame from the model's start frames (-1: picked by the seed)")
     frames: IntProperty(name="Frames", default=300, min=1, max=1_000_000, description="Frames to bake")
+    target_object: PointerProperty(name="Target", type=bpy.types.Object,
+                                   description="Object to walk to (its origin, read every frame)")
+    curve_object: PointerProperty(name="Curve", type=bpy.types.Object, poll=_is_curve,
+                                  description="Curve to follow (its first spline; cyclic splines loop)")
+    joystick_speed: FloatProperty(name="Speed", default=1.5, min=0.0, max=20.0, soft_max=3.0, unit="VELOCITY",
+                                  description="Walking speed with the stick pushed all the way (m/s)")
+    # Blender world X, Y: Steer with Keys writes it relative to the view; its length (up to 1) scales the speed.
+    stick: FloatVectorProperty(name="Stick", size=2, default=(0.0, 0.0), min=-1.0, max=1.0, subtype="XYZ",
+                               description="Joystick: direction on the ground (world X, Y); length 0 stands still, "
+                                           "1 walks at full speed")
+    source: EnumProperty(name="Source", items=SOURCES, default="LOCAL",
+                         description="Where live frames come from (Bake always steps the panel's model)")
+    server_host: StringProperty(name="Host", default="127.0.0.1", description="Address of the godot_bridge server")
+    server_port: IntProperty(name="Port", default=8765, min=1, max=65535, description="Port of the server")
+    server_token: StringProperty(name="Token", subtype="PASSWORD",
+                                 description="The server's --token (empty when it has none); saved in the .blend")
 
 
 CLASSES = (MotionVAEBoneMapItem, MotionVAERigSettings, MotionVAESceneSettings)

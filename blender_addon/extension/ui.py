@@ -2,7 +2,11 @@
 import bpy
 
 from . import live, models
+from .bridge_client import STREAMED_TASKS
 from .props import MODES, POLICY_OF_MODE
+
+# The settings each steering mode reads, drawn only while that mode is picked.
+MODE_SETTINGS = {"JOYSTICK": ("joystick_speed", "stick"), "TARGET": ("target_object",), "CURVE": ("curve_object",)}
 
 
 def _armature(context: bpy.types.Context) -> bpy.types.Object | None:
@@ -23,7 +27,7 @@ class MOTION_VAE_UL_bone_map(bpy.types.UIList):
 
 
 class MOTION_VAE_PT_main(bpy.types.Panel):
-    """Model, target, mode and the live / bake buttons."""
+    """Model, target, source, mode and the live / bake buttons."""
 
     bl_idname = "MOTION_VAE_PT_main"
     bl_label = "Motion VAE"
@@ -39,16 +43,29 @@ class MOTION_VAE_PT_main(bpy.types.Panel):
         row.prop(settings, "armature")
         row.operator("motion_vae.create_armature", text="", icon="ADD")
 
+        layout.prop(settings, "source", expand=True)
+        server = settings.source == "SERVER"
+        if server:
+            col = layout.column(align=True)
+            col.prop(settings, "server_host")
+            col.prop(settings, "server_port")
+            col.prop(settings, "server_token")
+
+        # A server's policies are known once connected; until then only what the protocol can carry is offered.
         model = models.peek(settings.model_dir)
-        policies = model.policies if model is not None else {}
+        tasks = STREAMED_TASKS if server else (model.policies if model is not None else {})
         box = layout.box()
         box.label(text="Mode")
         for mode, label, _ in MODES:
             item = box.row()
-            item.enabled = mode not in POLICY_OF_MODE or POLICY_OF_MODE[mode] in policies
+            item.enabled = mode not in POLICY_OF_MODE or POLICY_OF_MODE[mode] in tasks
             item.prop_enum(settings, "mode", mode, text=label)
-        if not any(task in policies for task in POLICY_OF_MODE.values()):
+        if not server and not any(task in tasks for task in POLICY_OF_MODE.values()):
             box.label(text="Steering needs a model with control policies", icon="INFO")
+        for name in MODE_SETTINGS.get(settings.mode, ()):
+            box.prop(settings, name)
+        if settings.mode == "JOYSTICK":
+            box.operator("motion_vae.steer", icon="VIEW_PAN")
 
         col = layout.column(align=True)
         col.prop(settings, "seed")
@@ -61,6 +78,9 @@ class MOTION_VAE_PT_main(bpy.types.Panel):
         else:
             row.operator("motion_vae.play", icon="PLAY")
         row.operator("motion_vae.reset", icon="LOOP_BACK")
+        status = live.status()
+        if status is not None:
+            layout.label(text=status[1], icon=status[0])
         layout.operator("motion_vae.bake", icon="REC")
         layout.operator("motion_vae.export_animation", text="Export .glb / .fbx", icon="EXPORT")
 
