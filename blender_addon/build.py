@@ -1,6 +1,6 @@
 """Build the Blender extension zip: `python -m blender_addon.build [--out DIR]`.
 
-Stages blender_addon/extension/ with runtime/ and godot_bridge/protocol.py copied in as subpackages and the
+Stages blender_addon/extension/ with runtime/ copied in as a subpackage (the wire protocol included) and the
 onnxruntime and websockets wheels under wheels/, then builds and validates the zip with the blender_ext.py that
 ships inside the bpy wheel.
 """
@@ -18,9 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(__file__).resolve().with_name("extension")
 RUNTIME = ROOT / "runtime"
-# The wire format, one file with no imports outside the standard library and numpy: the extension's server
-# source reads frames with the very module the server writes them with.
-BRIDGE_PROTOCOL = ROOT / "godot_bridge" / "protocol.py"
 WORK = ROOT / "build" / "blender_addon"
 PYTHON = "3.11"  # Blender 4.2 to 5.0 embed Python 3.11
 # Blender platform -> pip platform tags of the onnxruntime wheels it can load, best first.
@@ -118,7 +115,7 @@ def _platform_of(wheel: Path) -> str | None:
 
 
 def stage(dest: Path, wheels: list[Path]) -> Path:
-    """Lay the extension out in dest/<id>: sources, runtime/ (with its default model), the wire protocol, wheels."""
+    """Lay the extension out in dest/<id>: sources, runtime/ (with its default model), wheels."""
     manifest = (SOURCE / "blender_manifest.toml").read_text(encoding="utf-8")
     package = dest / tomllib.loads(manifest)["id"]
     if package.exists():
@@ -129,10 +126,6 @@ def stage(dest: Path, wheels: list[Path]) -> Path:
         shutil.copy2(source, package / "runtime" / source.name)
     if (RUNTIME / "assets" / "default" / "model.json").is_file():
         shutil.copytree(RUNTIME / "assets" / "default", package / "runtime" / "assets" / "default")
-    (package / "godot_bridge").mkdir()
-    shutil.copy2(BRIDGE_PROTOCOL, package / "godot_bridge" / "protocol.py")
-    (package / "godot_bridge" / "__init__.py").write_text(
-        '"""godot_bridge/protocol.py of the repository, copied in by blender_addon/build.py."""\n', encoding="utf-8")
     (package / "wheels").mkdir()
     for wheel in wheels:
         shutil.copy2(wheel, package / "wheels" / wheel.name)

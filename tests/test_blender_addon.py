@@ -120,7 +120,7 @@ def test_built_zip_validates_installs_and_bundles_runtime_and_wheel(built, ext):
 
     names = zipfile.ZipFile(built).namelist()
     assert "blender_manifest.toml" in names and "runtime/controller.py" in names
-    assert "godot_bridge/protocol.py" in names, "the wire format is bundled, not rewritten"
+    assert "runtime/protocol.py" in names, "the wire format is bundled, not rewritten"
     assert any(n.startswith("wheels/onnxruntime-") and n.endswith(".whl") for n in names)
     assert any(n.startswith("wheels/websockets-") and n.endswith("-py3-none-any.whl") for n in names)
     build._run([sys.executable, str(build.blender_ext()), "validate", str(built)], "validate")

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from .errors import AddonError
-from .godot_bridge import protocol as P
+from .runtime import protocol as P
 
 OPEN_TIMEOUT_S = 3.0  # Play waits this long for the handshake: a loopback server answers at once
 POLL_S = 0.01  # the thread looks at the outgoing queue this often between frames
