@@ -216,15 +216,20 @@ def parse_control(control: Any, n: int, policies: dict | None = None, path_rows:
     if "task" not in control:
         raise ValueError("control needs a 'task' (joystick, target, path or none) per character")
     task = control["task"]
-    task = np.array([task] * n if isinstance(task, str) else list(task), dtype=object)
+    task = np.full(n, task, dtype=object) if isinstance(task, str) else np.array(list(task), dtype=object)
     if task.shape != (n,):
         raise ValueError(f"control 'task' must be one task or {n} of them, got {task.shape[0]}")
-    task = np.array(["" if t in FREE else t for t in task], dtype=object)
-    bad = sorted({str(t) for t in task if t != "" and t not in TASKS})
+    try:
+        kinds = set(task.tolist())  # a handful of distinct values, whatever n is
+    except TypeError:
+        raise ValueError("control 'task' must be task names (joystick, target, path or none)") from None
+    bad = sorted(str(t) for t in kinds if t not in FREE and t not in TASKS)
     if bad:
         raise ValueError(f"unknown control task {bad[0]!r} (expected {', '.join(TASKS)} or none)")
+    if "none" in kinds:
+        task[task == "none"] = ""
     if policies is not None:
-        missing = sorted({t for t in task if t != "" and t not in policies})
+        missing = sorted(t for t in kinds if t in TASKS and t not in policies)
         if missing:
             have = ", ".join(sorted(policies)) or "none"
             raise ValueError(f"the model has no {missing[0]} policy (it has: {have}); train one with "
