@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import signal
@@ -38,16 +37,6 @@ TOKEN_ENV = "MOTIONVAE_BRIDGE_TOKEN"
 PING_INTERVAL_S = 10.0  # keepalive: a peer that stops answering pings is dropped after ~20 s
 PING_TIMEOUT_S = 10.0
 WRITE_LIMIT_BYTES = 65536  # per-connection send buffer; past it a slow client's frames are dropped
-
-
-def is_loopback(host: str) -> bool:
-    """Whether host names only this machine (127.0.0.0/8, ::1 or localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _positive(limit: int):
@@ -86,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--port must be between 0 and 65535, got {args.port}")
     if args.token == "":
         ap.error("--token must not be empty")
-    if not is_loopback(args.host) and args.token is None:
+    if not P.is_loopback(args.host) and args.token is None:
         ap.error(f"binding to {args.host} exposes the server beyond this machine: give --token too")
     if args.max_clients * args.characters_per_client > P.MAX_U16:
         ap.error(f"--max-clients x --characters-per-client must be at most {P.MAX_U16}")

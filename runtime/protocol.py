@@ -7,6 +7,7 @@ that document and compare it with the tables here and with the constants in addo
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import struct
@@ -101,6 +102,16 @@ class ClientMessage:
     type: str
     seq: int | None
     fields: dict[str, Any]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host names only this machine (127.0.0.0/8, ::1 or localhost): no token needed there."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _reject_constant(name: str) -> float:

@@ -8,7 +8,6 @@ the thread never raises. No bpy here: live.py drains the queue on the main threa
 """
 from __future__ import annotations
 
-import ipaddress
 import queue
 import threading
 from typing import Any
@@ -28,16 +27,6 @@ JOIN_TIMEOUT_S = 3.0
 FATAL_REPLIES = ("seed", "spawn")  # refused, the session cannot show anything
 STREAMED_TASKS = tuple(t for t in P.CONTROL_TASKS if t != "none")  # what a control message can carry
 CLOSE_REASONS = {1001: "the server shut down", 1009: "a message was too big", 1013: "the server is full"}
-
-
-def is_loopback(host: str) -> bool:
-    """Whether host names this machine (connections there need no online access)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def server_url(host: str, port: int, token: str = "") -> str:

@@ -13,7 +13,8 @@ from bpy_extras.io_utils import ExportHelper
 from . import live, models
 from .action import bone_channel, write_action
 from .bonemap import auto_match
-from .bridge_client import STREAMED_TASKS, BridgeLink, is_loopback
+from .bridge_client import STREAMED_TASKS, BridgeLink
+from .runtime.protocol import is_loopback
 from .errors import AddonError
 from .export import export_animation
 from .motion import run
