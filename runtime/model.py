@@ -105,7 +105,7 @@ def _fail(path: Path, msg: str) -> ModelError:
     return ModelError(f"{path}: {msg}")
 
 
-def _read_meta(folder: Path) -> dict:
+def _read_meta(folder: Path, required: tuple[str, ...] = REQUIRED) -> dict:
     meta_path = folder / "model.json"
     if not folder.is_dir():
         raise _fail(folder, "no such model directory")
@@ -125,7 +125,10 @@ def _read_meta(folder: Path) -> dict:
     if version > SCHEMA_VERSION:
         raise _fail(meta_path, f"schema version {version} is newer than this runtime understands "
                                f"({SCHEMA_VERSION}); update the toolkit")
-    for key in REQUIRED:
+    if required == REQUIRED and meta.get("kind") == "tokenizer":
+        raise _fail(meta_path, "this directory holds only a motion tokenizer (no decoder.onnx); "
+                               "open it with runtime.tokenizer.load_tokenizer")
+    for key in required:
         if key not in meta:
             raise _fail(meta_path, f"missing field {key!r}")
     return meta

@@ -1,4 +1,4 @@
-"""A per-frame vector quantiser with an EMA codebook and dead-code reset."""
+"""Vector quantisers: an EMA codebook with dead-code reset, and the plain straight-through codebook."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class EMAQuantizer(nn.Module):
+class Codebook(nn.Module):
+    """What every quantiser shares: a (K, D) codebook, nearest-code lookup and perplexity."""
+
+    codebook: torch.Tensor
+
+    @property
+    def codes(self) -> int:
+        """Number of codebook entries."""
+        return self.codebook.shape[0]
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of z (B, D)."""
+        dist2 = (z.pow(2).sum(1, keepdim=True) - 2 * z @ self.codebook.t()
+                 + self.codebook.pow(2).sum(1))
+        return dist2.argmin(dim=1)
+
+    def perplexity(self, codes: torch.Tensor) -> torch.Tensor:
+        """exp(entropy) of the code usage in a batch: 1 when one code is used, K when all are equal."""
+        p = torch.bincount(codes, minlength=self.codes).float() / codes.numel()
+        return torch.exp(-(p * torch.log(p + 1e-10)).sum())
+
+
+class EMAQuantizer(Codebook):
     """Nearest-code quantisation of (B, D) vectors with a straight-through gradient.
 
     The codebook is not trained by gradients: it follows exponential moving averages (decay) of the
@@ -24,17 +46,6 @@ class EMAQuantizer(nn.Module):
         self.register_buffer("ema_count", torch.zeros(codes))
         self.register_buffer("ema_sum", torch.zeros(codes, dim))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def codes(self) -> int:
-        """Number of codebook entries."""
-        return self.codebook.shape[0]
-
-    def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for each row of z (B, D)."""
-        dist2 = (z.pow(2).sum(1, keepdim=True) - 2 * z @ self.codebook.t()
-                 + self.codebook.pow(2).sum(1))
-        return dist2.argmin(dim=1)
 
     def _random_rows(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """n rows of z drawn at random (with replacement and a little noise when z has fewer rows)."""
@@ -70,11 +81,6 @@ class EMAQuantizer(nn.Module):
         self.ema_sum.copy_(torch.where(dead.unsqueeze(1), fresh, self.ema_sum))
         self.ema_count.copy_(torch.where(dead, torch.ones_like(self.ema_count), self.ema_count))
 
-    def perplexity(self, codes: torch.Tensor) -> torch.Tensor:
-        """exp(entropy) of the code usage in a batch: 1 when one code is used, K when all are equal."""
-        p = torch.bincount(codes, minlength=self.codes).float() / codes.numel()
-        return torch.exp(-(p * torch.log(p + 1e-10)).sum())
-
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Quantise z (B, D): straight-through z_q, code indices, commitment loss and perplexity."""
         if self.training and not bool(self.initialised):
@@ -86,3 +92,24 @@ class EMAQuantizer(nn.Module):
         commit = F.mse_loss(z, z_q)
         return {"z_q": z + (z_q - z).detach(), "codes": codes, "commit": commit,
                 "perplexity": self.perplexity(codes)}
+
+
+class StraightThroughQuantizer(Codebook):
+    """The original VQ-VAE bottleneck, kept as a baseline: a codebook learned by gradient, no EMA, no reset.
+
+    The codebook starts as small uniform noise (+-1/K) and is pulled towards the encoder outputs by the
+    codebook loss ||sg(z) - e||^2 (returned as "codebook", weight 1); codes that no output ever picks
+    get no gradient and stay dead, which is the failure EMAQuantizer's reset exists to avoid.
+    """
+
+    def __init__(self, codes: int, dim: int):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.empty(codes, dim).uniform_(-1.0 / codes, 1.0 / codes))
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Quantise z (B, D): straight-through z_q, codes, commitment and codebook losses, perplexity."""
+        with torch.no_grad():
+            codes = self.nearest(z)
+        e = self.codebook[codes]
+        return {"z_q": z + (e - z).detach(), "codes": codes, "commit": F.mse_loss(z, e.detach()),
+                "codebook": F.mse_loss(z.detach(), e), "perplexity": self.perplexity(codes)}
