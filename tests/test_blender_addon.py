@@ -77,7 +77,7 @@ def scene(ext, model_dir):
 
 @pytest.fixture
 def default_scene(scene):
-    """An empty scene on the model shipped inside the extension (it carries joystick and target policies)."""
+    """An empty scene on the model shipped inside the extension (joystick, target and path policies)."""
     scene.motion_vae.model_dir = ""
     return scene
 
@@ -423,7 +423,7 @@ def test_panel_draws_the_settings_of_the_picked_mode_and_source(default_scene, e
     joystick = drawn_with("JOYSTICK")
     assert {"stick", "joystick_speed", "motion_vae.steer"} <= set(joystick)
     assert "target_object" not in joystick and "server_host" not in joystick
-    assert {("JOYSTICK", True), ("TARGET", True), ("CURVE", False)} <= set(joystick), "no path policy: no curve"
+    assert {("JOYSTICK", True), ("TARGET", True), ("CURVE", True)} <= set(joystick), "every policy: every mode"
     assert "target_object" in drawn_with("TARGET") and "curve_object" in drawn_with("CURVE")
     server = drawn_with("RANDOM", "SERVER")
     assert {"server_host", "server_port", "server_token"} <= set(server) and "stick" not in server
@@ -515,17 +515,17 @@ def test_target_mode_walks_to_the_target_object_of_a_moved_and_turned_armature(d
     assert live.status() == ("ERROR", "The target object 'Goal' is gone: steering stopped.")
 
 
-def test_curve_mode_without_a_path_policy_is_refused_and_changes_nothing(default_scene):
-    settings = default_scene.motion_vae
+def test_curve_mode_without_a_path_policy_is_refused_and_changes_nothing(scene):
+    settings = scene.motion_vae  # the tiny test model: no policies
     assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
     settings.curve_object = _curve("Route", [(0, 0, 0), (0, -4, 0), (4, -4, 0)])
     settings.mode = "CURVE"
-    before = _snapshot(default_scene)
+    before = _snapshot(scene)
     for op in (bpy.ops.motion_vae.play, bpy.ops.motion_vae.bake, bpy.ops.motion_vae.reset):
-        _refused(op, "Mode 'Follow curve' needs a 'path' control policy, which model 'default' does not have")
+        _refused(op, "Mode 'Follow curve' needs a 'path' control policy, which model 'tiny' does not have")
     settings.source = "SERVER"
     _refused(bpy.ops.motion_vae.play, "protocol carries joystick and target control only")
-    assert _snapshot(default_scene) == before
+    assert _snapshot(scene) == before
 
 
 def _curve(name: str, points: list, cyclic: bool = False) -> bpy.types.Object:
@@ -543,29 +543,9 @@ def _curve(name: str, points: list, cyclic: bool = False) -> bpy.types.Object:
     return obj
 
 
-@pytest.fixture(scope="module")
-def path_model(model_dir, tmp_path_factory):
-    """A copy of the tiny model with an untrained 'path' policy: enough to check the wiring, not to follow well."""
-    import torch
-
-    from trainer.policy.export import export_policy
-    from trainer.policy.ppo import ActorCritic, PPOConfig
-    from trainer.policy.stepper import OnnxStepper
-    from trainer.policy.tasks import ControlEnv
-
-    out = tmp_path_factory.mktemp("path") / "tiny"
-    shutil.copytree(model_dir, out)
-    torch.manual_seed(0)
-    env = ControlEnv("path", OnnxStepper(load_model(out), torch.device("cpu")), 1)
-    net = ActorCritic(env.obs_size, env.action_size, PPOConfig(hidden=16, init_log_std=0.0))
-    export_policy(net, out, "path", env.blocks, env.config.runtime("path"), {"frames": 0})
-    return out
-
-
-def test_curve_mode_sends_the_curve_in_model_space_and_bakes_as_it_plays(scene, ext, path_model):
+def test_curve_mode_sends_the_curve_in_model_space_and_bakes_as_it_plays(default_scene, ext):
     live, steering = _sub(ext, "live"), _sub(ext, "steering")
-    settings = scene.motion_vae
-    settings.model_dir = str(path_model)
+    settings = default_scene.motion_vae
     assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
     obj = settings.armature
     obj.location, obj.rotation_euler = (0.5, -1.0, 0.0), (0.0, 0.0, np.radians(30))
@@ -682,3 +662,29 @@ def test_server_source_refusals_and_a_bounded_frame_queue(default_scene, ext):
         _until(lambda: _spawned(server) == 0, "the server to free the character")
     port = server.port  # nothing listens there now
     _refused(bpy.ops.motion_vae.play, f"No godot_bridge server at ws://127.0.0.1:{port}/ \\(connection refused\\)")
+
+
+def _distance_to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """Distance of each point (N, 2) to a closed polyline (P, 2)."""
+    a, b = line, np.roll(line, -1, axis=0)
+    ab = b - a
+    t = np.clip(np.einsum("npk,pk->np", points[:, None] - a, ab) / np.einsum("pk,pk->p", ab, ab), 0.0, 1.0)
+    nearest = a + t[..., None] * ab
+    return np.linalg.norm(points[:, None] - nearest, axis=-1).min(axis=1)
+
+
+def test_curve_mode_follows_a_closed_curve_with_the_shipped_path_policy(default_scene, ext):
+    live = _sub(ext, "live")
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    curve = _curve("Loop", [(0, 0, 0), (0, -4, 0), (4, -5, 0), (5, -1, 0)], cyclic=True)
+    settings.mode, settings.curve_object = "CURVE", curve
+    bpy.context.view_layer.update()
+    mesh = curve.evaluated_get(bpy.context.evaluated_depsgraph_get()).to_mesh()
+    line = np.array([(curve.matrix_world @ v.co)[:2] for v in mesh.vertices])
+    assert bpy.ops.motion_vae.play() == {"FINISHED"}
+    track = np.array([root[:2] for root, _ in _play(live, 300)])  # 10 s
+    off = _distance_to_polyline(track[30:], line)  # after the first second's turn onto the curve
+    walked = np.linalg.norm(np.diff(track, axis=0), axis=1).sum()
+    print(f"follow curve: {off.mean():.2f} m from the curve on average (max {off.max():.2f} m), {walked:.1f} m walked")
+    assert off.mean() < 0.5 and walked > 5.0
