@@ -101,53 +101,57 @@ class MotionModel:
         return norm * self.scale + self.shift
 
 
-def _fail(path: Path, msg: str) -> ModelError:
+def model_error(path: Path, msg: str) -> ModelError:
+    """A ModelError whose message starts with the file or folder it is about."""
     return ModelError(f"{path}: {msg}")
 
 
-def _read_meta(folder: Path, required: tuple[str, ...] = REQUIRED) -> dict:
+def read_meta(folder: Path, required: tuple[str, ...] = REQUIRED) -> dict:
+    """A model directory's model.json, checked for its schema version and the required fields."""
     meta_path = folder / "model.json"
     if not folder.is_dir():
-        raise _fail(folder, "no such model directory")
+        raise model_error(folder, "no such model directory")
     if not meta_path.is_file():
-        raise _fail(folder, "not a model directory (no model.json); export one with `python -m trainer.export`")
+        raise model_error(folder, "not a model directory (no model.json); export one with `python -m trainer.export`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise _fail(meta_path, "not a text file") from None
+        raise model_error(meta_path, "not a text file") from None
     except json.JSONDecodeError as e:
-        raise _fail(meta_path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise model_error(meta_path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(meta, dict):
-        raise _fail(meta_path, "expected a JSON object")
+        raise model_error(meta_path, "expected a JSON object")
     version = meta.get("schema_version")
     if not isinstance(version, int):
-        raise _fail(meta_path, "missing field 'schema_version'")
+        raise model_error(meta_path, "missing field 'schema_version'")
     if version > SCHEMA_VERSION:
-        raise _fail(meta_path, f"schema version {version} is newer than this runtime understands "
-                               f"({SCHEMA_VERSION}); update the toolkit")
+        raise model_error(meta_path, f"schema version {version} is newer than this runtime understands "
+                                     f"({SCHEMA_VERSION}); update the toolkit")
     if required == REQUIRED and meta.get("kind") == "tokenizer":
-        raise _fail(meta_path, "this directory holds only a motion tokenizer (no decoder.onnx); "
-                               "open it with runtime.tokenizer.load_tokenizer")
+        raise model_error(meta_path, "this directory holds only a motion tokenizer (no decoder.onnx); "
+                                     "open it with runtime.tokenizer.load_tokenizer")
     for key in required:
         if key not in meta:
-            raise _fail(meta_path, f"missing field {key!r}")
+            raise model_error(meta_path, f"missing field {key!r}")
     return meta
 
 
-def _checked_file(folder: Path, meta: dict, name: str) -> Path:
+def checked_file(folder: Path, meta: dict, name: str) -> Path:
+    """The path of a file that model.json lists, once it is there with the sha256 model.json gives."""
     entry = meta["files"].get(name) if isinstance(meta["files"], dict) else None
     path = folder / name
     if entry is None:
-        raise _fail(folder / "model.json", f"'files' does not list {name}")
+        raise model_error(folder / "model.json", f"'files' does not list {name}")
     if not path.is_file():
-        raise _fail(path, "missing from the model directory")
+        raise model_error(path, "missing from the model directory")
     if sha256_file(path) != entry.get("sha256"):
-        raise _fail(path, "sha256 does not match model.json (the file was changed, swapped or corrupted); "
-                          "re-export the model")
+        raise model_error(path, "sha256 does not match model.json (the file was changed, swapped or corrupted); "
+                                "re-export the model")
     return path
 
 
-def _session(path: Path, providers: str, threads: int):
+def onnx_session(path: Path, providers: str, threads: int) -> tuple[object, list[str]]:
+    """An onnxruntime session of an ONNX file and the providers it really uses (providers: cpu, cuda or auto)."""
     import onnxruntime as ort
 
     if providers not in ("cpu", "cuda", "auto"):
@@ -166,10 +170,11 @@ def _session(path: Path, providers: str, threads: int):
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
     except Exception as e:  # onnxruntime raises its own exception types for bad graphs
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-        raise _fail(path, f"not a loadable ONNX model ({first})") from None
+        raise model_error(path, f"not a loadable ONNX model ({first})") from None
     used = sess.get_providers()
     if providers == "cuda" and PROVIDERS["cuda"] not in used:
-        raise _fail(path, "CUDA was requested but onnxruntime fell back to the CPU (check the CUDA/cuDNN install)")
+        raise model_error(path, "CUDA was requested but onnxruntime fell back to the CPU "
+                                "(check the CUDA/cuDNN install)")
     return sess, used
 
 
@@ -179,9 +184,9 @@ def _check_io(sess, path: Path, inputs: dict[str, int], outputs: dict[str, int])
         got = {i.name: i.shape for i in have}
         for name, size in want.items():
             if name not in got:
-                raise _fail(path, f"has no {kind} {name!r} ({kind}s: {', '.join(got)}); re-export the model")
+                raise model_error(path, f"has no {kind} {name!r} ({kind}s: {', '.join(got)}); re-export the model")
             if isinstance(got[name][-1], int) and got[name][-1] != size:
-                raise _fail(path, f"{kind} {name!r} has {got[name][-1]} columns but model.json implies {size}")
+                raise model_error(path, f"{kind} {name!r} has {got[name][-1]} columns but model.json implies {size}")
 
 
 def load_model(path: str | Path | None = None, providers: str = "cpu", threads: int = 1) -> MotionModel:
@@ -190,7 +195,7 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
     providers: "cpu", "cuda" or "auto"; threads: onnxruntime intra-op threads (1 is fastest for small batches).
     """
     folder = Path(path) if path is not None else DEFAULT_MODEL
-    meta = _read_meta(folder)
+    meta = read_meta(folder)
     meta_path = folder / "model.json"
     try:
         skeleton = Skeleton.from_dict(meta["skeleton"])
@@ -204,20 +209,20 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
         bounds = np.asarray(meta.get("bounds", [[-np.inf] * layout.size, [np.inf] * layout.size]), np.float32)
         codebook = np.asarray(meta["latent"]["codebook"], np.float32) if "codebook" in meta["latent"] else None
     except (KeyError, TypeError, ValueError) as e:
-        raise _fail(meta_path, f"malformed content ({e.__class__.__name__}: {e})") from None
+        raise model_error(meta_path, f"malformed content ({e.__class__.__name__}: {e})") from None
     if layout.joint_names != skeleton.names:
-        raise _fail(meta_path, "the feature layout's joints do not match the skeleton's")
+        raise model_error(meta_path, "the feature layout's joints do not match the skeleton's")
     if abs(layout.fps - float(meta["fps"])) > 1e-6:
-        raise _fail(meta_path, f"the layout's fps {layout.fps} differs from the model's {meta['fps']}")
+        raise model_error(meta_path, f"the layout's fps {layout.fps} differs from the model's {meta['fps']}")
     size = layout.size
     if shift.shape != (size,) or scale.shape != (size,) or not np.all(scale > 0):
-        raise _fail(meta_path, f"normalisation must hold {size} shifts and {size} positive scales")
+        raise model_error(meta_path, f"normalisation must hold {size} shifts and {size} positive scales")
     if starts.ndim != 3 or starts.shape[1:] != (n_cond, size) or len(starts) == 0:
-        raise _fail(meta_path, f"start_frames must be (count, {n_cond}, {size}), got {starts.shape}")
+        raise model_error(meta_path, f"start_frames must be (count, {n_cond}, {size}), got {starts.shape}")
     if bounds.shape != (2, size):
-        raise _fail(meta_path, f"bounds must be (2, {size}), got {bounds.shape}")
-    decoder_path = _checked_file(folder, meta, "decoder.onnx")
-    sess, used = _session(decoder_path, providers, threads)
+        raise model_error(meta_path, f"bounds must be (2, {size}), got {bounds.shape}")
+    decoder_path = checked_file(folder, meta, "decoder.onnx")
+    sess, used = onnx_session(decoder_path, providers, threads)
     c = len(layout.contact_joints)
     _check_io(sess, decoder_path,
               {"z": latent, "condition": n_cond * size, "origin": 3, "yaw": 1, "previous_rotations": 4},
@@ -226,6 +231,6 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
     model = MotionModel(folder, meta, skeleton, layout, shift, scale, starts, sess, used, bounds, codebook)
     for task, spec in (meta.get("policies") or {}).items():
         file = spec.get("file", f"policy-{task}.onnx")
-        psess, _ = _session(_checked_file(folder, meta, file), providers, threads)
+        psess, _ = onnx_session(checked_file(folder, meta, file), providers, threads)
         model.policies[task] = Policy(task, psess, spec)
     return model

@@ -19,7 +19,7 @@ import numpy as np
 from .atomic import atomic_path
 from .features import FeatureLayout, decode as decode_features
 from .features import encode as encode_motion
-from .model import ModelError, _checked_file, _fail, _read_meta, _session
+from .model import ModelError, checked_file, model_error, onnx_session, read_meta
 from .motion import Motion
 from .rotations import quat_continuous
 from .skeleton import Skeleton
@@ -198,11 +198,11 @@ class Tokenizer:
 def load_tokenizer(path: str | Path, providers: str = "cpu", threads: int = 1) -> Tokenizer:
     """Load and validate the tokenizer of a model directory (files present, hashes right, graph shapes)."""
     folder = Path(path)
-    meta = _read_meta(folder, REQUIRED[:-1])
+    meta = read_meta(folder, REQUIRED[:-1])
     meta_path = folder / "model.json"
     if "tokenizer" not in meta:
-        raise _fail(meta_path, "holds no motion tokenizer; add one with "
-                               f"`python -m trainer.tokenizer_export RUN --out {folder}`")
+        raise model_error(meta_path, "holds no motion tokenizer; add one with "
+                                     f"`python -m trainer.tokenizer_export RUN --out {folder}`")
     try:
         skeleton = Skeleton.from_dict(meta["skeleton"])
         layout = FeatureLayout.from_dict(meta["layout"])
@@ -210,15 +210,15 @@ def load_tokenizer(path: str | Path, providers: str = "cpu", threads: int = 1) -
         fpt, codes, _ = int(info["frames_per_token"]), int(info["codes"]), str(info["id"])
         files = (str(info.get("encoder", ENCODER_FILE)), str(info.get("decoder", DECODER_FILE)))
     except (KeyError, TypeError, ValueError) as e:
-        raise _fail(meta_path, f"malformed tokenizer description ({e.__class__.__name__}: {e})") from None
+        raise model_error(meta_path, f"malformed tokenizer description ({e.__class__.__name__}: {e})") from None
     if layout.joint_names != skeleton.names:
-        raise _fail(meta_path, "the feature layout's joints do not match the skeleton's")
+        raise model_error(meta_path, "the feature layout's joints do not match the skeleton's")
     if fpt < 1 or codes < 1:
-        raise _fail(meta_path, f"the tokenizer needs positive frames_per_token and codes, got {fpt} and {codes}")
+        raise model_error(meta_path, f"the tokenizer needs positive frames_per_token and codes, got {fpt} and {codes}")
     sessions, used = [], []
     for name, (inp, out) in zip(files, (("features", "codes"), ("codes", "features"))):
-        file = _checked_file(folder, meta, name)
-        sess, used = _session(file, providers, threads)
+        file = checked_file(folder, meta, name)
+        sess, used = onnx_session(file, providers, threads)
         _check_graph(sess, file, inp, out, layout.size)
         sessions.append(sess)
     return Tokenizer(folder, meta, skeleton, layout, sessions[0], sessions[1], used)
@@ -229,14 +229,14 @@ def _check_graph(sess, path: Path, inp: str, out: str, size: int) -> None:
     for kind, have, name in (("input", sess.get_inputs(), inp), ("output", sess.get_outputs(), out)):
         shapes = {i.name: i.shape for i in have}
         if name not in shapes:
-            raise _fail(path, f"has no {kind} {name!r} ({kind}s: {', '.join(shapes)}); re-export the tokenizer")
+            raise model_error(path, f"has no {kind} {name!r} ({kind}s: {', '.join(shapes)}); re-export the tokenizer")
         shape = shapes[name]
         want = "(batch, time, features)" if name == "features" else "(batch, tokens)"
         if len(shape) != (3 if name == "features" else 2) or isinstance(shape[1], int):
-            raise _fail(path, f"{kind} {name!r} has shape {shape}, not {want} with a dynamic time axis; "
-                              "re-export the tokenizer")
+            raise model_error(path, f"{kind} {name!r} has shape {shape}, not {want} with a dynamic time axis; "
+                                    "re-export the tokenizer")
         if name == "features" and isinstance(shape[2], int) and shape[2] != size:
-            raise _fail(path, f"{kind} 'features' has {shape[2]} columns but model.json's layout has {size}")
+            raise model_error(path, f"{kind} 'features' has {shape[2]} columns but model.json's layout has {size}")
 
 
 def encode(clip: Motion | np.ndarray, tokenizer: Tokenizer | str | Path) -> Tokens:

@@ -1,6 +1,9 @@
-"""Shared fixtures: paths to the shared mocap, and small synthetic clips built in code."""
+"""Shared fixtures and helpers: paths to the shared mocap, small synthetic clips built in code, CLI runs."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ from runtime.motion import Motion
 from runtime.rotations import quat_from_axis_angle, quat_mul
 from runtime.skeleton import Skeleton
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "mocap"
 BANDAI = SHARED / "bandai2_locomotion"
 CMU = SHARED / "cmu_permissive_extra"
@@ -51,6 +55,19 @@ def random_motion(skeleton: Skeleton, n_frames: int = 120, fps: float = 30.0, se
     trans[:, 0] = np.stack([np.cumsum(rng.normal(0, 0.02, n_frames)), 0.9 + 0.03 * np.sin(6 * t[:, 0]),
                             speed * t[:, 0]], axis=-1)
     return Motion(skeleton, rot, trans, fps, "random")
+
+
+def run_module(module: str, *args: str, env: dict | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repository root in a fresh process; env is added to os.environ."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def one_error_line(err: str) -> str:
+    """err, after checking it is what a CLI prints for bad input: one line, no traceback."""
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
 
 
 @pytest.fixture

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from runtime.model import ModelError, load_model
 from runtime.motion import Motion
 from runtime.tokenizer import TokenError, Tokens, load_tokenizer, load_tokens, save_tokens
 from runtime.tokens import main as tokens_main
-from tests.conftest import random_motion, small_skeleton
+from tests.conftest import one_error_line, random_motion, run_module, small_skeleton
 from trainer.checkpoint import CHECKPOINT_NAME
 from trainer.data import load_frames, training_clips
 from trainer.models import EMAQuantizer, MotionTokenizer, StraightThroughQuantizer, TokenizerSpec
@@ -28,8 +25,6 @@ from trainer.train import ABORT_ENV
 from trainer.train_tokenizer import (TokenizerConfig, config_from_dict, learning_rate, load_tokenizer_run,
                                      main as train_main, read_tokenizer_checkpoint, train_tokenizer, window_sampler)
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
 TINY = """
 [model]
 width = 32
@@ -76,11 +71,6 @@ def model(run, work) -> Path:
     out = work / "model"
     export_tokenizer(run, out, licence="test data")
     return out
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def test_windows_stay_inside_training_clips_and_mirrors_share_a_side(frames_path):
@@ -165,9 +155,8 @@ def test_training_writes_logs_plot_and_checkpoint(run):
 
 def test_killed_run_resumes_to_the_same_result(run, work, frames_path):
     broken = work / "broken"
-    killed = subprocess.run([PYTHON, "-m", "trainer.train_tokenizer", str(frames_path), "--out", str(broken),
-                             "--config", str(work / "tiny.toml"), "--no-progress"], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, ABORT_ENV: "20"}, timeout=120)
+    killed = run_module("trainer.train_tokenizer", str(frames_path), "--out", str(broken), "--config",
+                        str(work / "tiny.toml"), "--no-progress", env={ABORT_ENV: "20"})
     assert killed.returncode == 3, killed.stderr
     assert read_tokenizer_checkpoint(broken)["step"] == 15
     assert train_main([str(frames_path), "--out", str(broken), "--resume", "--no-progress"]) == 0
@@ -281,8 +270,7 @@ def test_bad_input_gives_one_clear_error(model, frames_path, tmp_path, capsys):
     assert not list(tmp_path.glob("bad.[bf]*"))
     assert tokens_main(["decode", str(short), "--model", str(model), "-o", str(tmp_path / "x.npz")]) == 2
     assert "not a readable .npz" in one_error_line(capsys.readouterr().err)
-    done = subprocess.run([PYTHON, "-m", "runtime.tokens", "encode", str(short), "--model", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_module("runtime.tokens", "encode", str(short), "--model", str(tmp_path), timeout=60)
     assert done.returncode == 2 and "no model.json" in one_error_line(done.stderr)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tomllib
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from runtime.features import FeatureLayout, encode
-from tests.conftest import random_motion, small_skeleton
+from tests.conftest import ROOT, one_error_line, random_motion, run_module, small_skeleton
 from trainer.checkpoint import CHECKPOINT_NAME, load_run, read_checkpoint
 from trainer.config import TrainConfig, from_dict
 from trainer.data import Frames, RolloutSampler, heldout_clips, load_frames, rollout_window, training_clips
@@ -21,8 +20,6 @@ from trainer.models import KLSchedule, ModelSpec
 from trainer.train import (ABORT_ENV, RolloutTrainer, build_parser, learning_rate, main, phase,
                            student_probability)
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
 TINY = """
 [model]
 latent = 4
@@ -66,20 +63,14 @@ def workdir(tmp_path_factory) -> Path:
     return folder
 
 
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run python -m trainer.train in a fresh process."""
-    return subprocess.run([PYTHON, "-m", "trainer.train", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
-
-
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(run)["model"]
 
 
 def test_cli_end_to_end_writes_logs_plot_and_checkpoint(workdir):
     run = workdir / "e2e"
-    done = cli(str(workdir / "frames.npz"), "--out", str(run), "--config", str(workdir / "tiny.toml"),
-               "--set", "holdout_every=3", "--no-progress")
+    done = run_module("trainer.train", str(workdir / "frames.npz"), "--out", str(run), "--config",
+                      str(workdir / "tiny.toml"), "--set", "holdout_every=3", "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = (run / "log.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,phase,student_probability,lr,step,loss,recon,kl")
@@ -102,7 +93,8 @@ def test_killed_run_resumes_to_the_same_result(workdir):
     whole, broken = workdir / "whole", workdir / "broken"
     assert main([frames, "--out", str(whole), "--config", tiny, "--no-progress"]) == 0
     # 3 batches x 4 rollout steps per epoch: stop abruptly after 16 optimiser steps, inside epoch 2.
-    killed = cli(frames, "--out", str(broken), "--config", tiny, "--no-progress", env={ABORT_ENV: "16"})
+    killed = run_module("trainer.train", frames, "--out", str(broken), "--config", tiny, "--no-progress",
+                        env={ABORT_ENV: "16"})
     assert killed.returncode == 3, killed.stderr
     state = read_checkpoint(broken)
     assert state["epoch"] == 1 and len(state["history"]) == 1
@@ -124,7 +116,7 @@ def test_killed_run_resumes_to_the_same_result(workdir):
 
 
 def test_torchrun_single_process_gloo_matches_plain_run(workdir):
-    torchrun = Path(PYTHON).with_name("torchrun")
+    torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
     run = workdir / "ddp"
@@ -153,9 +145,7 @@ def test_kl_capacity_schedule_in_a_run(workdir):
 
 def _one_error_line(capsys, argv) -> str:
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
+    return one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("case,edit,needle", [
@@ -205,9 +195,9 @@ def test_bad_settings_give_one_line(workdir, capsys):
 
 def test_bad_input_through_the_real_entry_point(workdir):
     path = write_frames(workdir / "nan_cli.npz", n_clips=2, edit=lambda a: a["data"].__setitem__((0, 0), np.inf))
-    done = cli(str(path), "--out", str(workdir / "nan_cli"))
+    done = run_module("trainer.train", str(path), "--out", str(workdir / "nan_cli"))
     assert done.returncode == 2
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    one_error_line(done.stderr)
     assert not (workdir / "nan_cli").exists()
 
 

@@ -1,11 +1,11 @@
-"""Checkpoints: atomic writes, checked reads, and loading a finished run for evaluation or export."""
+"""Checkpoints: atomic writes, checked reads, resume rules, and loading a finished run for evaluation or export."""
 from __future__ import annotations
 
+import dataclasses
 import io
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -14,13 +14,14 @@ from runtime.atomic import atomic_write_bytes
 from runtime.features import FeatureLayout
 from runtime.skeleton import Skeleton
 
-from .config import TrainConfig, from_dict
-from .data import Normaliser, parse_layout, parse_skeleton
+from .config import ConfigError, TrainConfig, from_dict
+from .data import Frames, FramesError, Normaliser, parse_layout, parse_skeleton
 from .models import ModelSpec, MotionVAE, NextFrameDecoder, next_frame_decoder
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "motionvae-trainer-checkpoint"
 VERSION = 1
+Config = TypeVar("Config")  # a run's config dataclass with validate(): TrainConfig, TokenizerConfig
 
 
 class CheckpointError(ValueError):
@@ -46,20 +47,62 @@ def remove_stale_temporaries(folder: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint (tensors on the CPU); raise CheckpointError when missing or foreign."""
+def read_checkpoint(path: str | Path, format_tag: str = FORMAT, version: int = VERSION,
+                    foreign: str = "not a trainer checkpoint") -> dict:
+    """Load a checkpoint of format_tag (tensors on the CPU); CheckpointError when missing or foreign.
+
+    foreign is what the error says of a file of another format.
+    """
     file = checkpoint_path(path)
     if not file.is_file():
         raise CheckpointError(f"{file}: no checkpoint there")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # torch raises many types for a damaged file (a text file gives a KeyError)
         raise CheckpointError(f"{file}: unreadable checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a trainer checkpoint")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{file}: checkpoint version {state.get('version')}, expected {VERSION}")
+    if not isinstance(state, dict) or state.get("format") != format_tag:
+        raise CheckpointError(f"{file}: {foreign}")
+    if state.get("version") != version:
+        raise CheckpointError(f"{file}: checkpoint version {state.get('version')}, expected {version}")
     return state
+
+
+def settled_config(out: Path, frames: Frames, state: dict | None, config: Config | None,
+                   parse: Callable[[dict], Config], resumable: tuple[str, ...]) -> Config:
+    """The validated config a run in out goes on with; state is its checkpoint when resuming, else None.
+
+    A resumed run needs frames of the checkpoint's skeleton and layout and keeps the checkpoint's config (read
+    with parse) but for the resumable settings; a new run needs a config and a run folder without a checkpoint.
+    """
+    if state is not None:
+        _same_data_shape(state, frames)
+        config = _resumed_config(parse(state["config"]), config, resumable)
+    elif (out / CHECKPOINT_NAME).exists():
+        raise ConfigError(f"{out} already holds a checkpoint: pass --resume, or choose another --out")
+    if config is None:
+        raise ConfigError("a config is needed to start a new run")
+    return config.validate()
+
+
+def _same_data_shape(state: dict, frames: Frames) -> None:
+    """Raise FramesError when frames were made for another skeleton or layout than the checkpoint."""
+    layout = parse_layout(state["layout"], "checkpoint layout")
+    skeleton = parse_skeleton(state["skeleton"], "checkpoint skeleton")
+    if layout != frames.layout or not skeleton.same_as(frames.skeleton):
+        raise FramesError(f"{frames.path}: its skeleton or feature layout differs from the checkpoint's "
+                          f"({frames.layout.n_joints} joints, {frames.layout.size} features vs "
+                          f"{layout.n_joints} joints, {layout.size} features)")
+
+
+def _resumed_config(saved: Config, config: Config | None, resumable: tuple[str, ...]) -> Config:
+    """The checkpoint's config, with only the resumable settings (those that do not change results) from config."""
+    if config is None:
+        return saved
+    for field in dataclasses.fields(saved):
+        if field.name not in resumable and getattr(config, field.name) != getattr(saved, field.name):
+            raise ConfigError(f"cannot change {field.name} when resuming "
+                              f"({getattr(saved, field.name)!r} in the checkpoint)")
+    return dataclasses.replace(saved, **{k: getattr(config, k) for k in resumable})
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# TOML files may group keys under these tables; they all land in the one flat TrainConfig.
+# TOML files may group keys under these tables; they all land in one flat config (TrainConfig, TokenizerConfig).
 SECTIONS = ("model", "data", "train", "loss")
 PAPER_PHASES = (20, 20, 100)  # teacher, ramping, student epochs in Ling et al. 2020
 
@@ -126,27 +126,36 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A config from flat or sectioned (model/data/train/loss tables) key-value pairs."""
+def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """Flat key-value pairs from flat or sectioned (model/data/train/loss tables) ones."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if key in SECTIONS and isinstance(value, dict):
             flat.update(value)
         else:
             flat[key] = value
-    changes = {key: _coerce(key, value) for key, value in flat.items()}
+    return flat
+
+
+def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A config from flat or sectioned (model/data/train/loss tables) key-value pairs."""
+    changes = {key: _coerce(key, value) for key, value in flatten_sections(values).items()}
     return dataclasses.replace(base or TrainConfig(), **changes).validate()
 
 
-def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """Read a TOML config file on top of base (defaults when None)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The key-value pairs of a TOML config file; ConfigError when it cannot be read or parsed."""
     try:
-        values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return from_dict(values, base)
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML config file on top of base (defaults when None)."""
+    return from_dict(read_toml(path), base)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from .checkpoint import CheckpointError, LoadedRun, load_run, read_checkpoint
 from .config import TrainConfig
 from .data import Frames, Normaliser
 from .models import ModelSpec, MotionVAE
+from .staging import staged_dir
 from .step_graph import INPUTS, OUTPUTS, StepGraph
 
 EXAMPLES = """examples:
@@ -140,11 +139,7 @@ def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence
     """Export a loaded run to the model directory out (replaced atomically); returns the verification difference."""
     data = data or {}
     out = Path(out)
-    if not out.parent.is_dir():
-        raise ModelError(f"{out}: the parent folder {out.parent} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
+    with staged_dir(out) as staging:
         meta = model_metadata(run, name or out.name, licence, data)
         export_step_onnx(run, np.asarray(meta["bounds"], np.float32), staging / "decoder.onnx")
         meta["files"]["decoder.onnx"] = {"sha256": sha256_file(staging / "decoder.onnx"),
@@ -155,22 +150,7 @@ def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence
         if not diff < VERIFY_TOLERANCE:
             raise ModelError(f"{out}: onnxruntime and torch differ by {diff:.2e} (> {VERIFY_TOLERANCE:g}) "
                              "over the verification rollout; nothing was written")
-        _replace_dir(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return diff
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move new onto out; an existing out is only removed once new is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    new.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

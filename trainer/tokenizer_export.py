@@ -16,9 +16,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,12 +26,13 @@ from torch import nn
 
 from runtime.atomic import atomic_path, atomic_write_text
 from runtime.features import FeatureLayout
-from runtime.model import SCHEMA_VERSION, ModelError, _read_meta, sha256_file
+from runtime.model import SCHEMA_VERSION, ModelError, read_meta, sha256_file
 from runtime.skeleton import Skeleton
 from runtime.tokenizer import DECODER_FILE, ENCODER_FILE
 
 from .checkpoint import CheckpointError
 from .models import MotionTokenizer
+from .staging import staged_dir
 from .train_tokenizer import TokenizerRun, load_tokenizer_run
 
 OPSET = 17
@@ -41,28 +40,26 @@ VERIFY_LENGTHS = (4, 5, 7, 64, 130, 257, 400)
 VERIFY_TOLERANCE = 1e-4
 
 
-class EncoderGraph(nn.Module):
-    """Raw features (B, T, F) -> codes (B, T / frames_per_token) int64."""
+class RawUnitsGraph(nn.Module):
+    """A tokenizer graph in raw feature units: the normaliser's shift and scale travel with it as buffers."""
 
     def __init__(self, model: MotionTokenizer, shift: np.ndarray, scale: np.ndarray):
         super().__init__()
         self.model = model
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+
+class EncoderGraph(RawUnitsGraph):
+    """Raw features (B, T, F) -> codes (B, T / frames_per_token) int64."""
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Normalise, encode, pick the nearest codes."""
         return self.model.encode((features - self.shift) / self.scale)
 
 
-class DecoderGraph(nn.Module):
+class DecoderGraph(RawUnitsGraph):
     """Codes (B, N) int64 -> raw features (B, N * frames_per_token, F)."""
-
-    def __init__(self, model: MotionTokenizer, shift: np.ndarray, scale: np.ndarray):
-        super().__init__()
-        self.model = model
-        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """Look up the codes, decode, denormalise."""
@@ -197,21 +194,13 @@ def export_tokenizer(run_path: str | Path, out: str | Path, name: str | None = N
     run = load_tokenizer_run(run_path)
     out = Path(out)
     if (out / "model.json").is_file():
-        meta = _read_meta(out, ("schema_version", "name", "fps", "skeleton", "layout", "files"))
+        meta = read_meta(out, ("schema_version", "name", "fps", "skeleton", "layout", "files"))
         _same_shape(meta, run, out / "model.json")
         return add_tokenizer(run, out, meta, licence)
     if out.exists():
         raise ModelError(f"{out}: exists but is not a model directory (no model.json); choose another --out")
-    if not out.parent.is_dir():
-        raise ModelError(f"{out}: the parent folder {out.parent} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        check = add_tokenizer(run, staging, _new_meta(run, name or out.name), licence)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return check
+    with staged_dir(out) as staging:
+        return add_tokenizer(run, staging, _new_meta(run, name or out.name), licence)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,12 +23,15 @@ from tqdm import tqdm
 from runtime.atomic import atomic_write_text
 from runtime.preview import save_figure
 
-from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, CheckpointError, read_checkpoint,
-                         remove_stale_temporaries, save_checkpoint)
+from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, CheckpointError, read_checkpoint, remove_stale_temporaries,
+                         save_checkpoint, settled_config)
 from .config import ConfigError, TrainConfig, from_dict, load_config, parse_override, to_toml
-from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, load_frames, parse_layout,
-                   parse_skeleton, rollout_window, training_clips)
+from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, load_frames, rollout_window,
+                   training_clips)
 from .models import KLSchedule, ModelSpec, MotionVAE, kl_divergence, reconstruction_loss
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.axes import Axes
 
 # Crash-test hook: the process exits abruptly (no cleanup, like a kill) after this many optimiser steps.
 ABORT_ENV = "MVAE_ABORT_AFTER_STEPS"
@@ -243,12 +247,7 @@ class RunLog:
         """Rewrite the CSV from the whole history (so it always matches the last checkpoint)."""
         if not self.enabled:
             return
-        keys = list(dict.fromkeys(k for row in history for k in row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-        atomic_write_text(self.out / "log.csv", text.getvalue())
+        write_history_csv(history, self.out / "log.csv")
         if self.writer is not None:
             row = history[-1]
             for key in ("lr", "student_probability"):
@@ -266,51 +265,43 @@ class RunLog:
             plot_losses(history, self.out / "losses.png")
 
 
+def write_history_csv(history: list[dict], path: Path) -> None:
+    """Write the history rows as CSV (atomically), with every key any row has as a column."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, text.getvalue())
+
+
+def plot_loss_curves(ax: Axes, x: list, history: list[dict], keys: tuple[str, ...]) -> None:
+    """Draw the keys of history that are positive in every row against x on ax, log scale."""
+    for key in keys:
+        values = [row.get(key) for row in history]
+        if all(v is not None and v > 0 for v in values):
+            ax.plot(x, values, label=key, marker="." if len(x) < 30 else None)
+    ax.set_yscale("log")
+    ax.set_ylabel("loss (normalised units)")
+    ax.grid(alpha=0.3)
+
+
 def plot_losses(history: list[dict], path: Path) -> None:
     """Loss curves per epoch (log scale), phase boundaries shaded, written as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key in ("loss", "recon", "kl", "commit"):
-        values = [row.get(key) for row in history]
-        if all(v is not None and v > 0 for v in values):
-            ax.plot(epochs, values, label=key, marker="." if len(epochs) < 30 else None)
+    plot_loss_curves(ax, [row["epoch"] for row in history], history, ("loss", "recon", "kl", "commit"))
     for name, color in (("teacher", "tab:green"), ("ramping", "tab:orange")):
         inside = [row["epoch"] for row in history if row["phase"] == name]
         if inside:
             ax.axvspan(min(inside) - 0.5, max(inside) + 0.5, color=color, alpha=0.1, label=name)
-    ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (normalised units)")
     ax.legend()
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def _same_data_shape(state: dict, frames: Frames) -> None:
-    """Raise FramesError when frames were made for another skeleton or layout than the checkpoint."""
-    layout = parse_layout(state["layout"], "checkpoint layout")
-    skeleton = parse_skeleton(state["skeleton"], "checkpoint skeleton")
-    if layout != frames.layout or not skeleton.same_as(frames.skeleton):
-        raise FramesError(f"{frames.path}: its skeleton or feature layout differs from the checkpoint's "
-                          f"({frames.layout.n_joints} joints, {frames.layout.size} features vs "
-                          f"{layout.n_joints} joints, {layout.size} features)")
-
-
-def _resumed_config(state: dict, config: TrainConfig | None) -> TrainConfig:
-    """The checkpoint's config, with only the settings that do not change results taken from config."""
-    saved = from_dict(state["config"])
-    if config is None:
-        return saved
-    for field in dataclasses.fields(TrainConfig):
-        if field.name not in RESUMABLE_CHANGES and getattr(config, field.name) != getattr(saved, field.name):
-            raise ConfigError(f"cannot change {field.name} when resuming "
-                              f"({getattr(saved, field.name)!r} in the checkpoint)")
-    return dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUMABLE_CHANGES})
 
 
 def _start_frames(frames: Frames, clips: np.ndarray, n_cond: int) -> torch.Tensor:
@@ -329,16 +320,8 @@ def train(config: TrainConfig | None, frames_path: str | Path, out: str | Path, 
     """
     out = Path(out)
     frames = load_frames(frames_path)
-    state = None
-    if resume:
-        state = read_checkpoint(out / CHECKPOINT_NAME)
-        _same_data_shape(state, frames)
-        config = _resumed_config(state, config)
-    elif (out / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"{out} already holds a checkpoint: pass --resume, or choose another --out")
-    if config is None:
-        raise ConfigError("a config is needed to start a new run")
-    config.validate()
+    state = read_checkpoint(out / CHECKPOINT_NAME) if resume else None
+    config = settled_config(out, frames, state, config, from_dict, RESUMABLE_CHANGES)
     world = setup_distributed(config)
     threads = torch.get_num_threads()
     if config.threads:

@@ -8,14 +8,11 @@ with a warm-up and one step-down, batch 256. Every log_every steps the run write
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +27,19 @@ from runtime.features import FeatureLayout
 from runtime.preview import save_figure
 from runtime.skeleton import Skeleton
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path, remove_stale_temporaries, save_checkpoint
-from .config import ConfigError, parse_override
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, read_checkpoint, remove_stale_temporaries,
+                         save_checkpoint, settled_config)
+from .config import ConfigError, flatten_sections, parse_override, read_toml
 from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, heldout_clips, load_frames,
                    parse_layout, parse_skeleton, training_clips)
 from .models import MotionTokenizer, TokenizerSpec
 from .models.tokenizer import QUANTIZERS
-from .train import ABORT_ENV, resolve_device, rng_state, seed_everything, set_rng_state
+from .train import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
+                    write_history_csv)
 
 FORMAT = "motion-tokenizer-checkpoint"
 VERSION = 1
 RESUMABLE_CHANGES = ("device", "threads", "steps")  # settings a resumed run may change without altering results
-SECTIONS = ("model", "data", "train", "loss")
 
 
 @dataclass
@@ -128,10 +126,7 @@ def _coerce(key: str, value: Any) -> Any:
 
 def config_from_dict(values: dict[str, Any], base: TokenizerConfig | None = None) -> TokenizerConfig:
     """A config from flat or sectioned (model/data/train/loss tables) key-value pairs."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        flat.update(value if key in SECTIONS and isinstance(value, dict) else {key: value})
-    changes = {key: _coerce(key, value) for key, value in flat.items()}
+    changes = {key: _coerce(key, value) for key, value in flatten_sections(values).items()}
     return dataclasses.replace(base or TokenizerConfig(), **changes).validate()
 
 
@@ -211,18 +206,8 @@ class TokenizerRun:
 
 def read_tokenizer_checkpoint(path: str | Path) -> dict:
     """Load a tokenizer checkpoint (tensors on the CPU); CheckpointError when missing or foreign."""
-    file = checkpoint_path(path)
-    if not file.is_file():
-        raise CheckpointError(f"{file}: no checkpoint there")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{file}: unreadable checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a tokenizer checkpoint (train one with python -m trainer.train_tokenizer)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{file}: checkpoint version {state.get('version')}, expected {VERSION}")
-    return state
+    return read_checkpoint(path, FORMAT, VERSION,
+                           "not a tokenizer checkpoint (train one with python -m trainer.train_tokenizer)")
 
 
 def load_tokenizer_run(path: str | Path, device: str | torch.device = "cpu") -> TokenizerRun:
@@ -256,12 +241,7 @@ class TokenizerLog:
 
     def rows(self, history: list[dict]) -> None:
         """Rewrite log.csv and losses.png from the whole history (so they always match the checkpoint)."""
-        keys = list(dict.fromkeys(k for row in history for k in row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-        atomic_write_text(self.out / "log.csv", text.getvalue())
+        write_history_csv(history, self.out / "log.csv")
         plot_history(history, self.out / "losses.png")
 
     def close(self) -> None:
@@ -277,15 +257,9 @@ def plot_history(history: list[dict], path: Path) -> None:
 
     steps = [row["step"] for row in history]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key in ("loss", "recon", "position", "commit", "codebook", "heldout_recon"):
-        values = [row.get(key) for row in history]
-        if all(v is not None and v > 0 for v in values):
-            ax.plot(steps, values, label=key, marker="." if len(steps) < 30 else None)
-    ax.set_yscale("log")
+    plot_loss_curves(ax, steps, history, ("loss", "recon", "position", "commit", "codebook", "heldout_recon"))
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (normalised units)")
     ax.legend()
-    ax.grid(alpha=0.3)
     ax2.plot(steps, [row["usage"] * 100 for row in history], label="codes used in the interval (%)")
     ax2.plot(steps, [100 * row["perplexity"] / row["codes"] for row in history], label="perplexity / codes (%)")
     ax2.set_xlabel("step")
@@ -294,25 +268,6 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def _same_data_shape(state: dict, frames: Frames) -> None:
-    layout = parse_layout(state["layout"], "checkpoint layout")
-    skeleton = parse_skeleton(state["skeleton"], "checkpoint skeleton")
-    if layout != frames.layout or not skeleton.same_as(frames.skeleton):
-        raise FramesError(f"{frames.path}: its skeleton or feature layout differs from the checkpoint's "
-                          f"({frames.layout.n_joints} joints, {frames.layout.size} features vs "
-                          f"{layout.n_joints} joints, {layout.size} features)")
-
-
-def _resumed_config(state: dict, config: TokenizerConfig | None) -> TokenizerConfig:
-    saved = config_from_dict(state["config"])
-    if config is None:
-        return saved
-    for name in FIELDS:
-        if name not in RESUMABLE_CHANGES and getattr(config, name) != getattr(saved, name):
-            raise ConfigError(f"cannot change {name} when resuming ({getattr(saved, name)!r} in the checkpoint)")
-    return dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUMABLE_CHANGES})
 
 
 def train_tokenizer(config: TokenizerConfig | None, frames_path: str | Path, out: str | Path, resume: bool = False,
@@ -324,16 +279,8 @@ def train_tokenizer(config: TokenizerConfig | None, frames_path: str | Path, out
     """
     out = Path(out)
     frames = load_frames(frames_path)
-    state = None
-    if resume:
-        state = read_tokenizer_checkpoint(out)
-        _same_data_shape(state, frames)
-        config = _resumed_config(state, config)
-    elif (out / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"{out} already holds a checkpoint: pass --resume, or choose another --out")
-    if config is None:
-        raise ConfigError("a config is needed to start a new run")
-    config.validate()
+    state = read_tokenizer_checkpoint(out) if resume else None
+    config = settled_config(out, frames, state, config, config_from_dict, RESUMABLE_CHANGES)
     device = resolve_device(config.device)
     threads = torch.get_num_threads()
     if config.threads:
@@ -470,15 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, base: TokenizerConfig) -> TokenizerConfig:
     """Apply --config, then --set and the shortcut options onto base."""
-    config = base
-    if args.config:
-        try:
-            values = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{args.config}: cannot read config ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{args.config}: not valid TOML ({exc})") from None
-        config = config_from_dict(values, config)
+    config = config_from_dict(read_toml(args.config), base) if args.config else base
     overrides = dict(parse_override(text) for text in args.set)
     overrides.update({key: getattr(args, key) for key, _ in SHORTCUTS if getattr(args, key) is not None})
     return config_from_dict(overrides, config)
