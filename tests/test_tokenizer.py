@@ -21,7 +21,7 @@ from trainer.data import load_frames, training_clips
 from trainer.models import EMAQuantizer, MotionTokenizer, StraightThroughQuantizer, TokenizerSpec
 from trainer.prepare import MIRROR_SUFFIX
 from trainer.tokenizer_export import compare, export_tokenizer
-from trainer.train import ABORT_ENV
+from trainer.runs import ABORT_ENV
 from trainer.train_tokenizer import (TokenizerConfig, config_from_dict, learning_rate, load_tokenizer_run,
                                      main as train_main, read_tokenizer_checkpoint, train_tokenizer, window_sampler)
 

@@ -17,8 +17,8 @@ from trainer.checkpoint import CHECKPOINT_NAME, load_run, read_checkpoint
 from trainer.config import TrainConfig, from_dict
 from trainer.data import Frames, RolloutSampler, heldout_clips, load_frames, rollout_window, training_clips
 from trainer.models import KLSchedule, ModelSpec
-from trainer.train import (ABORT_ENV, RolloutTrainer, build_parser, learning_rate, main, phase,
-                           student_probability)
+from trainer.runs import ABORT_ENV
+from trainer.train import RolloutTrainer, build_parser, learning_rate, main, phase, student_probability
 
 TINY = """
 [model]

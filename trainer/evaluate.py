@@ -25,7 +25,7 @@ from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, h
                    load_frames)
 from .config import ConfigError
 from .models import kl_per_dimension
-from .train import resolve_device
+from .runs import resolve_device
 
 DEFAULT_HOLDOUT_EVERY = 10
 ACTIVE_KL = 0.01          # nats: a latent dimension carrying less than this is counted as collapsed

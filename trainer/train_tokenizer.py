@@ -34,8 +34,8 @@ from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, h
                    parse_layout, parse_skeleton, training_clips)
 from .models import MotionTokenizer, TokenizerSpec
 from .models.tokenizer import QUANTIZERS
-from .train import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
-                    write_history_csv)
+from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
+                   write_history_csv)
 
 FORMAT = "motion-tokenizer-checkpoint"
 VERSION = 1

@@ -14,6 +14,8 @@ import torch
 from runtime.model import ModelError
 
 from ..checkpoint import CheckpointError
+from ..config import ConfigError
+from ..runs import resolve_device
 from .export import export_policy, policy_file
 from .loop import RunConfig, Trainer, make_trainer, read, restore, train
 from .ppo import PPOConfig
@@ -58,22 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise PolicyError(f"--device {name!r}: expected cpu, cuda or auto")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PolicyError("--device cuda: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
     if min(args.envs, args.horizon, args.epochs, args.minibatch, args.steps or 1) < 1:
         raise PolicyError("--envs, --horizon, --epochs, --minibatch and --steps must be at least 1")
     if not 0 <= args.speed_min <= args.speed_max:
         raise PolicyError("--speed-min and --speed-max must satisfy 0 <= min <= max")
-    stepper = make_stepper(args.model, args.vae_run, _device(args.device))
+    stepper = make_stepper(args.model, args.vae_run, resolve_device(args.device))
     if args.resume or args.export_only:
         state = read(run_dir)
         if state["task"] != args.task:
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                  {"frames": trainer.frames, "seconds": round(trainer.seconds, 1),
                                   "mean_reward": last.get("mean_reward"), "run": str(run_dir)})
             print(f"exported {policy_file(args.task)} into {args.model} (onnxruntime vs torch {diff:.1e})")
-    except (PolicyError, ModelError, CheckpointError, OSError) as e:
+    except (PolicyError, ConfigError, ModelError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.task}: {trainer.frames:,} frames in {trainer.seconds:.0f} s, last mean reward "
