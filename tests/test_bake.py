@@ -1,20 +1,15 @@
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runtime.bvh import read_bvh
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_module
 
 
 def run_bake(*args):
-    return subprocess.run([sys.executable, "-m", "runtime.bake", *map(str, args), "-q"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("runtime.bake", *map(str, args), "-q", timeout=300)
 
 
 def test_bake_npz_bvh_glb_agree(model_dir, tmp_path):

@@ -1,7 +1,4 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,14 +7,11 @@ from runtime.bvh import read_bvh, write_bvh
 from runtime.features import FeatureLayout, decode
 from runtime.skeleton import Skeleton
 from trainer.prepare import find_bvh_files, prepare
-from tests.conftest import BANDAI, CMU, needs, random_motion, small_skeleton
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import BANDAI, CMU, needs, random_motion, run_module, small_skeleton
 
 
 def run_prepare(*args):
-    return subprocess.run([sys.executable, "-m", "trainer.prepare", *map(str, args), "-q"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("trainer.prepare", *map(str, args), "-q", timeout=300)
 
 
 def clips(prep):
