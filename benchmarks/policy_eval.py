@@ -5,7 +5,8 @@ Joystick: 200 random commands (speeds from the policy's training range), each he
     (at least 0.1 m/s) within 3 s. Target: 100 random targets 1-10 m away, reached within the policy's
     radius in under 15 s. Path: mean distance to a figure-eight (8 m x 4 m) over 60 s.
 Motion quality under control against random latents: frozen 2 s windows and foot skating (horizontal foot
-speed while in contact). Cost: Controller.step with and without control at 1 and 64 characters.
+speed while in contact), as a ratio to random walking on the same model; "comparable" is at most 1.25x.
+Cost: Controller.step with and without control at 1 and 64 characters.
 Usage: python benchmarks/policy_eval.py --model DIR [--tasks joystick target path] [--seed N]
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ SPEED_TOLERANCE, SPEED_FLOOR, SPEED_S, SPEED_WINDOW_S = 0.25, 0.1, 3.0, 0.5
 COMMAND_S = 5.0
 TARGET_LIMIT_S = 15.0
 PATH_S = 60.0
+SKATE_RATIO_LIMIT = 1.25  # foot skating under control this many times random walking's still counts as comparable
 
 
 def figure_eight(n: int = 400) -> np.ndarray:
@@ -180,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         t0 = time.perf_counter()
         result = {"joystick": joystick, "target": target, "path": path}[task](model, args.seed)
+        if "skate" in result and base.get("skate"):
+            result["skate_ratio"] = result["skate"] / base["skate"]
+            result["skate_pass"] = bool(result["skate_ratio"] <= SKATE_RATIO_LIMIT)
         shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
         print(f"{task}: {shown} ({time.perf_counter() - t0:.0f} s)")
     cost = step_cost(model)

@@ -13,9 +13,10 @@ from trainer.config import TrainConfig
 from trainer.data import load_frames
 from trainer.export import untrained_run
 from trainer.policy.__main__ import main as policy_main
-from trainer.policy.export import export_policy
+from trainer.evaluate import frame_quantities
+from trainer.policy.export import export_policy, load_exported
 from trainer.policy.loop import RunConfig, make_trainer, train
-from trainer.policy.ppo import ActorCritic, PolicyGraph, PPOConfig, gae
+from trainer.policy.ppo import ActorCritic, PolicyGraph, PPOConfig, gae, ppo_update
 from trainer.policy.stepper import OnnxStepper, TorchStepper
 from trainer.policy.tasks import ControlEnv, TaskConfig
 from trainer.step_graph import StepGraph
@@ -119,6 +120,65 @@ def test_rewards_prefer_doing_the_task(model_dir):
     after = np.array([[0, 0, 0.05], [0, 0, -0.05], [3, 0, 0.05]])
     r = env.task.reward(np.zeros((3, 3)), after, np.zeros(3), None)
     assert r[0] > 0.9 and r[1] < -0.9 and abs(r[2]) < 0.01  # along, backwards, far off the path
+
+
+def test_skating_penalty_is_the_evaluators_foot_sliding(model_dir):
+    """The reward pays weight x (planted x horizontal foot speed), measured as trainer.evaluate measures it."""
+    model = load_model(model_dir)
+    stepper = OnnxStepper(model, CPU)
+    envs = [ControlEnv("joystick", stepper, 4, TaskConfig(skate_weight=w), seed=3) for w in (0.0, 2.5)]
+    for env in envs:
+        env.reset()
+    rng = np.random.default_rng(0)
+    frames = [envs[0].chars.raw_frame()]
+    skating = []
+    for t in range(6):
+        z = torch.from_numpy(rng.standard_normal((4, model.latent_size)).astype(np.float32) * 2)
+        (_, free, *_), (_, paid, *_) = (env.step(z) for env in envs)
+        frames.append(envs[0].chars.raw_frame())
+        assert np.allclose(envs[0].chars.skating, envs[1].chars.skating)
+        assert np.allclose(free - paid, 2.5 * envs[0].chars.skating, atol=1e-5)
+        skating.append(envs[0].chars.skating.copy())
+    assert np.all(skating[0] == 0.0)  # a character's first step has no previous feet to slide from
+    q = frame_quantities(np.stack(frames[1:-1]), np.stack(frames[2:]), model.layout, model.fps)
+    planted = np.clip(np.stack(frames[2:])[..., model.layout.slice("contacts")], 0.0, 1.0)
+    want = (planted * q["skate"]).mean(-1)  # frames[1] -> frames[2] is the second step, and so on
+    assert np.abs(np.stack(skating[1:]) - want).max() < 1e-3 and want.max() > 0.01
+
+
+def test_a_policy_is_read_back_from_its_onnx_file_to_train_further(policy_model, tmp_path):
+    model = load_model(policy_model)
+    env = ControlEnv("target", OnnxStepper(model, CPU), 2)
+    net = ActorCritic(env.obs_size, env.action_size, PPOConfig(hidden=32))
+    load_exported(net, policy_model / "policy-target.onnx")
+    obs = np.random.default_rng(1).standard_normal((5, env.obs_size)).astype(np.float32)
+    want = model.policies["target"].session.run(None, {"observation": obs})[0]
+    with torch.no_grad():
+        assert np.abs(PolicyGraph(net)(torch.from_numpy(obs)).numpy() - want).max() < 1e-4
+    wider = ActorCritic(env.obs_size, env.action_size, PPOConfig(hidden=48))
+    with pytest.raises(ValueError, match="do not fit the task's observation"):
+        load_exported(wider, policy_model / "policy-target.onnx")
+    with pytest.raises(ValueError, match="not a policy exported by trainer.policy"):
+        load_exported(net, policy_model / "decoder.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.onnx: not an ONNX file"):
+        load_exported(net, tmp_path / "junk.onnx")
+
+
+def test_critic_warmup_leaves_the_actor_alone():
+    torch.manual_seed(0)
+    config = PPOConfig(hidden=16, epochs=2, minibatch=32)
+    net = ActorCritic(6, 2, config)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    batch = {"obs": torch.randn(64, 6), "actions": torch.randn(64, 2), "logp": torch.zeros(64),
+             "adv": torch.randn(64), "returns": torch.randn(64)}
+    actor = [p.detach().clone() for p in [*net.actor.parameters(), net.log_std]]
+    critic = [p.detach().clone() for p in net.critic.parameters()]
+    ppo_update(net, optimiser, batch, config, torch.Generator().manual_seed(0), train_actor=False)
+    assert all(torch.equal(a, p) for a, p in zip(actor, [*net.actor.parameters(), net.log_std]))
+    assert not all(torch.equal(c, p) for c, p in zip(critic, net.critic.parameters()))
+    ppo_update(net, optimiser, batch, config, torch.Generator().manual_seed(0))
+    assert not all(torch.equal(a, p) for a, p in zip(actor, net.actor.parameters()))
 
 
 def test_gae_cuts_at_episode_ends_and_bootstraps_the_tail():
@@ -274,6 +334,13 @@ def test_command_line_trains_resumes_and_exports(model_dir, tmp_path, capsys):
     assert "target" in load_model(model).policies
     assert policy_main(["joystick", "--model", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r2")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+    warm = ["target", "--model", str(model), "--run-dir", str(tmp_path / "warm"), "--envs", "8", "--horizon", "16",
+            "-q", "--steps", "128", "--no-export", "--init-policy"]
+    assert policy_main(warm + [str(model / "policy-target.onnx")]) == 0
+    capsys.readouterr()
+    warm[warm.index(str(tmp_path / "warm"))] = str(tmp_path / "warm2")
+    assert policy_main(warm + [str(model / "model.json")]) == 2
+    assert "model.json: not an ONNX file" in capsys.readouterr().err
 
 
 def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):

@@ -16,7 +16,7 @@ from runtime.model import ModelError
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..runs import resolve_device
-from .export import export_policy, policy_file
+from .export import export_policy, load_exported, policy_file
 from .loop import RunConfig, Trainer, make_trainer, read, restore, train
 from .ppo import PPOConfig
 from .stepper import PolicyError, make_stepper
@@ -28,6 +28,8 @@ EXAMPLES = """examples:
   python -m trainer.policy joystick --model models/walk --run-dir runs/walk-joystick --resume --steps 8000000
   python -m trainer.policy path --model models/walk --vae-run runs/walk --device cuda --run-dir runs/walk-path
   python -m trainer.policy joystick --model models/walk --run-dir runs/walk-joystick --export-only
+  python -m trainer.policy joystick --model models/walk --run-dir runs/walk-joystick-2 \
+      --init-policy models/walk/policy-joystick.onnx --steps 1500000 --lr 1e-4 --init-log-std -1.6
 """
 
 
@@ -49,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent = scale * clamp(action, -1, 1) (default 4)")
     p.add_argument("--speed-min", type=float, default=TaskConfig.speed_min, help="joystick: slowest command, m/s")
     p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max, help="joystick: fastest command, m/s")
+    p.add_argument("--skate-weight", type=float, default=TaskConfig.skate_weight,
+                   help="reward penalty per m/s of planted-foot sliding (default %(default)s)")
+    p.add_argument("--init-policy", help="start the actor from an exported policy-<task>.onnx (its critic is new)")
+    p.add_argument("--critic-warmup", type=int,
+                   help="first updates that train only the critic (default 8 with --init-policy, else 0)")
+    p.add_argument("--init-log-std", type=float, default=PPOConfig.init_log_std,
+                   help="starting log standard deviation of the actions (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -73,11 +82,15 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
         return restore(state, stepper, args.steps, args.checkpoint_every)
     if (run_dir / "policy.pt").exists():
         raise PolicyError(f"{run_dir}: already holds a policy run; pass --resume or pick another --run-dir")
+    warmup = args.critic_warmup if args.critic_warmup is not None else (8 if args.init_policy else 0)
     ppo = PPOConfig(envs=args.envs, horizon=args.horizon, epochs=args.epochs, minibatch=args.minibatch, lr=args.lr,
-                    action_scale=args.action_scale)
-    env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max)
-    return make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
-                                  ppo, env), stepper)
+                    action_scale=args.action_scale, init_log_std=args.init_log_std, critic_warmup=warmup)
+    env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight)
+    trainer = make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
+                                     ppo, env), stepper)
+    if args.init_policy:
+        load_exported(trainer.net, args.init_policy)
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:

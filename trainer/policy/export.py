@@ -1,4 +1,5 @@
-"""Export a trained policy into its model directory: policy-<task>.onnx plus its entry in model.json.
+"""Export a trained policy into its model directory: policy-<task>.onnx plus its entry in model.json; and read
+an exported policy back into a network, to train it further.
 
 The ONNX file is written beside its destination and renamed into place, then model.json (its sha256 under
 "files", the observation layout and action scale under "policies") is replaced atomically, so a reader sees
@@ -76,3 +77,41 @@ def export_policy(net: ActorCritic, model_dir: str | Path, task: str, blocks: li
     atomic_write_text(meta_path, json.dumps(meta, indent=1))
     load_model(folder)  # every file still validates (raises ModelError otherwise)
     return diff
+
+
+def load_exported(net: ActorCritic, path: str | Path) -> None:
+    """Copy an exported policy's observation statistics and actor weights into net (its critic stays fresh).
+
+    PolicyError when the file is not a policy graph of net's shape and action scale.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as e:  # onnx raises DecodeError and friends for anything that is not a model
+        raise PolicyError(f"{path}: not an ONNX file ({e.__class__.__name__})") from None
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consts = {o: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"
+              for o in n.output}
+    divide = next((n for n in graph.node if n.op_type == "Div"), None)
+    scale = next((n for n in graph.node if n.op_type == "Mul"), None)
+    own = {f"actor.{k}": v for k, v in net.actor.state_dict().items()}
+    try:
+        std = weights[divide.input[1]]  # sqrt(var + 1e-8), folded by the exporter
+        tensors = {name: torch.from_numpy(weights[name].copy()) for name in own}
+        action_scale = float(next(consts[i] for i in scale.input if i in consts))
+    except (AttributeError, KeyError, StopIteration):
+        raise PolicyError(f"{path}: not a policy exported by trainer.policy") from None
+    shapes_fit = all(tensors[k].shape == v.shape for k, v in own.items()) and std.shape == net.norm.mean.shape
+    if not shapes_fit or weights.get("norm.mean") is None:
+        raise PolicyError(f"{path}: this policy's layers do not fit the task's observation, latent and hidden sizes")
+    if abs(action_scale - net.action_scale) > 1e-6:
+        raise PolicyError(f"{path}: action scale {action_scale:g} differs from this run's {net.action_scale:g}")
+    with torch.no_grad():
+        net.actor.load_state_dict({k[len("actor."):]: v for k, v in tensors.items()})
+        net.norm.mean.copy_(torch.from_numpy(weights["norm.mean"].copy()))
+        net.norm.var.copy_(torch.as_tensor(std.astype(np.float64) ** 2 - 1e-8, dtype=torch.float32))
+        # Statistics worth many rollouts: a warm start's first rollouts must not shift the actor's inputs.
+        net.norm.count.fill_(1e6)

@@ -176,7 +176,8 @@ def train(trainer: Trainer, run_dir: Path, progress: bool = True) -> Trainer:
         for group in trainer.optimiser.param_groups:
             group["lr"] = p.lr + (p.lr_end - p.lr) * fraction
         batch, obs, stats = collect(trainer, obs)
-        stats.update(ppo_update(trainer.net, trainer.optimiser, batch, p, trainer.generator))
+        warming = len(trainer.history) < p.critic_warmup
+        stats.update(ppo_update(trainer.net, trainer.optimiser, batch, p, trainer.generator, train_actor=not warming))
         trainer.frames += per_update
         elapsed = time.perf_counter() - t0
         trainer.seconds += elapsed

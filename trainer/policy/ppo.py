@@ -24,6 +24,7 @@ class PPOConfig:
     action_scale: float = 4.0  # latent = action_scale * clamp(action, -1, 1)
     init_log_std: float = -1.0
     hidden: int = 256
+    critic_warmup: int = 0  # updates that train only the critic (a warm-started actor's fresh critic)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -122,8 +123,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_v
 
 
 def ppo_update(net: ActorCritic, optimiser: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               config: PPOConfig, generator: torch.Generator) -> dict[str, float]:
-    """config.epochs passes of clipped-surrogate minibatch steps over a flattened rollout; returns statistics."""
+               config: PPOConfig, generator: torch.Generator, train_actor: bool = True) -> dict[str, float]:
+    """config.epochs passes of clipped-surrogate minibatch steps over a flattened rollout; returns statistics.
+
+    With train_actor False only the critic learns (the policy loss is reported, not followed).
+    """
     n = len(batch["obs"])
     adv = batch["adv"]
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -140,7 +144,7 @@ def ppo_update(net: ActorCritic, optimiser: torch.optim.Optimizer, batch: dict[s
             policy_loss = -surrogate.mean()
             value_loss = 0.5 * ((net.value(batch["obs"][i]) - batch["returns"][i]) ** 2).mean()
             optimiser.zero_grad(set_to_none=True)
-            (policy_loss + value_loss).backward()
+            (policy_loss + value_loss if train_actor else value_loss).backward()
             # Clipped apart: large early value gradients must not shrink the policy's step.
             nn.utils.clip_grad_norm_([*net.actor.parameters(), net.log_std], config.max_grad_norm)
             nn.utils.clip_grad_norm_(net.critic.parameters(), config.max_grad_norm)

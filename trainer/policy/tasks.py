@@ -4,7 +4,8 @@ An observation is the character's current normalised frame followed by task feat
 computed by runtime.control (the runtime builds the same observation when it runs the exported policy).
 Task bookkeeping is numpy on a few floats per character; the frames stay torch tensors on the device.
 Rewards follow Ling et al. 2020 (see ../shared/NOTES.md section 1), with the joystick's target taken
-from the commanded direction (the reference derives it from the speed, a bug).
+from the commanded direction (the reference derives it from the speed, a bug), and every task pays for foot
+skating: without that term a policy finds latents that slide planted feet twice as fast as random walking.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class TaskConfig:
     lookahead_m: float = 0.5  # path look-ahead points are this far apart along the path
     path_pace_mps: float = 1.0  # path progress at this speed or faster earns the full reward
     path_size_m: tuple[float, float] = (2.0, 6.0)  # half-extent of the random training curves
+    skate_weight: float = 0.0  # per m/s of horizontal foot speed while the frame says the foot is planted
 
     def runtime(self, task: str) -> dict:
         """The parameters the runtime and benchmarks need for a task."""
@@ -70,6 +72,12 @@ class Characters:
         self.yaw = torch.zeros(n, 1, device=self.device)
         self.rotations = torch.zeros(n, model.skeleton.n_joints, 4, device=self.device)
         self.rotations[..., 3] = 1.0
+        layout = model.layout
+        self.feet = [layout.joint_names.index(name) for name in layout.contact_joints]
+        self.contact_columns = layout.slice("contacts") if layout.has("contacts") else slice(0, 0)
+        self.feet_xz = torch.zeros(n, len(self.feet), 2, device=self.device)  # world, after the last step
+        self.skating = np.zeros(n)  # m/s of planted feet in the last step (0 on a character's first step)
+        self.placed = np.ones(n, dtype=bool)  # where feet_xz is stale: placed since the last step
 
     def place(self, idx: np.ndarray, start: np.ndarray | None = None, origin: np.ndarray | None = None,
               yaw: np.ndarray | None = None) -> None:
@@ -82,6 +90,7 @@ class Characters:
         self.origin[rows] = 0.0 if origin is None else torch.as_tensor(origin, dtype=torch.float32,
                                                                        device=self.device)
         self.yaw[rows, 0] = torch.as_tensor(yaw, dtype=torch.float32, device=self.device)
+        self.placed[idx] = True
 
     @property
     def frame(self) -> torch.Tensor:
@@ -93,6 +102,15 @@ class Characters:
         out = self.stepper(z, self.condition, self.origin, self.yaw, self.rotations)
         self.condition, self.origin, self.yaw, self.rotations = (out["next_condition"], out["next_origin"],
                                                                  out["next_yaw"], out["rotations"])
+        feet = out["positions"][:, self.feet][..., [0, 2]]
+        # Planted-foot speed, weighted by how planted the new frame says each foot is (the evaluator's measure,
+        # made smooth): horizontal world speed of the foot between the two frames.
+        speed = torch.linalg.vector_norm(feet - self.feet_xz, dim=-1) * self.fps
+        planted = torch.clamp(out["next_frame"][:, self.contact_columns] * self.stepper.scale[self.contact_columns]
+                              + self.stepper.shift[self.contact_columns], 0.0, 1.0)
+        self.skating = (planted * speed).mean(-1).cpu().numpy() if self.feet else np.zeros(self.n)
+        self.skating[self.placed] = 0.0
+        self.feet_xz, self.placed[:] = feet, False
         return out["diverged"]
 
     def ground(self) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +308,7 @@ class ControlEnv:
         diverged = self.chars.step(action).cpu().numpy()
         origin, yaw = self.chars.ground()
         reward = self.task.reward(before, origin, yaw, self.chars.raw_frame())
+        reward -= self.config.skate_weight * self.chars.skating
         reward[diverged] = 0.0
         self.t += 1
         truncated = (self.t >= self.limit) & ~diverged
