@@ -2,7 +2,9 @@
 
 (a) One Controller.step for 1 character (onnxruntime, the exported step graph: decoder + pose decoding)
     against the same decoder in PyTorch eager with per-sample weight blending (the reference formulation),
-    warm (each called back to back) and cold (called in turn, each evicting the other's weights).
+    warm (each called back to back) and cold (called in turn, each evicting the other's weights). Two rows
+    show where the step's time goes: the decoder part of the step graph alone in onnxruntime, and a bare
+    numpy matmul of the experts' layers (the weights every formulation must read each step).
 (b) Throughput at 1, 64, 1024 and 4096 characters in character-steps per second, and the ratio to a plain
     numpy matmul doing the decoder's arithmetic (the experts' dense layers at the same batch), i.e. how
     close to this machine's matmul limit the whole step is; and the same step with every character steered
@@ -67,6 +69,18 @@ def reference_decoder(decoder, latent: int):
     return forward
 
 
+def decoder_session(model, threads: int):
+    """The step graph cut down to its decoder (z, condition -> next_frame), in onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.utils.Extractor(onnx.load(str(model.path / "decoder.onnx"))).extract_model(
+        ["z", "condition"], ["next_frame"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(graph.SerializeToString(), opts, providers=model.providers)
+
+
 def main() -> int:
     """Run the benchmark and print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -91,12 +105,17 @@ def main() -> int:
     z1 = torch.randn(1, spec["latent"])
     c1 = torch.randn(1, spec["n_cond"] * spec["frame_size"])
     ctrl = Controller(model, 1, seed=0)
+    decoder = decoder_session(model, args.threads)
+    feed = {"z": z1.numpy(), "condition": c1.numpy()}
+    weights = [w.detach().flatten(1).numpy() for w in vae.decoder.weights]
+    rows = [np.random.rand(1, w.shape[0]).astype(np.float32) for w in weights]
+    parts = {"reference": lambda: ref(z1, c1), "step": ctrl.step, "decoder": lambda: decoder.run(None, feed),
+             "matmul": lambda: [x @ w for x, w in zip(rows, weights)]}
     with torch.no_grad():
         # Warm: each alone, back to back, its weights staying in cache. Cold: called in turn, so each finds
         # the cache full of the other's weights, as a step does in a game frame with other work around it.
-        warm = {name: timed({name: fn}, min_seconds=2.0)[name]
-                for name, fn in (("reference", lambda: ref(z1, c1)), ("step", ctrl.step))}
-        cold = timed({"reference": lambda: ref(z1, c1), "step": ctrl.step}, min_seconds=2.0)
+        warm = {name: timed({name: fn}, min_seconds=2.0)[name] for name, fn in parts.items()}
+        cold = timed({"reference": parts["reference"], "step": ctrl.step}, min_seconds=2.0)
     task = "joystick" if "joystick" in model.policies else next(iter(sorted(model.policies)), None)
     control = {"task": task, **CONTROLS.get(task, {})} if task else None
     print(f"device: {model.providers[0]}, threads {args.threads}; model {model.name} "
@@ -107,11 +126,14 @@ def main() -> int:
         print(f"  {label:<56}{warm[name] * 1e3:10.3f}{cold[name] * 1e3:10.3f}")
     print(f"  speed-up: warm {warm['reference'] / warm['step']:.2f}x, cold {cold['reference'] / cold['step']:.2f}x "
           "(target >= 2.5x)")
+    for label, name in (("  of which the decoder alone (onnxruntime)", "decoder"),
+                        ("  numpy matmul of the layers (the weight-read floor)", "matmul")):
+        print(f"  {label:<56}{warm[name] * 1e3:10.3f}{'':>10}  (reference / this: "
+              f"{warm['reference'] / warm[name]:.2f}x)")
 
     print("(b) throughput" + (f"; with control: every character on the {task} policy" if task else ""))
     print(f"  {'characters':>10}{'step ms':>10}{'char-steps/s':>14}{'numpy matmul ms':>17}{'step / matmul':>15}"
           + (f"{'with control ms':>17}{'control adds ms':>17}" if task else ""))
-    weights = [w.detach().flatten(1).numpy() for w in vae.decoder.weights]
     for n in (int(s) for s in args.sizes.split(",")):
         free, steered = Controller(model, n, seed=0), Controller(model, n, seed=0)
         xs = [np.random.rand(n, w.shape[0]).astype(np.float32) for w in weights]

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one: a temporary file, then a rename."""
+"""Writing files so that a reader never sees half of one: a temporary file, then a rename; and a folder lock
+for writers that read, change and replace a file that other writers may be changing too."""
 from __future__ import annotations
 
 import os
@@ -50,3 +51,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on folder (waiting for other holders); a no-op where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent exports into one folder are then unguarded
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -379,3 +379,41 @@ def test_controller_takes_the_godot_bridges_per_slot_arrays(policy_model):
     z = np.zeros((n, model.latent_size), np.float32)
     poses = ctrl.step(latents=z, control=control)
     assert np.isfinite(poses.root_position).all()
+
+
+def test_policies_exported_at_once_both_land_in_model_json(policy_model, tmp_path, monkeypatch):
+    """Exports lock the model directory, so concurrent ones never write model.json from the same old copy."""
+    import threading
+    import time
+
+    import trainer.policy.export as policy_export
+    from runtime.atomic import folder_lock
+
+    out = tmp_path / "m"
+    shutil.copytree(policy_model, out)
+    meta = json.loads((out / "model.json").read_text())
+    meta["policies"] = {}
+    for name in ("policy-joystick.onnx", "policy-target.onnx", "policy-path.onnx"):
+        meta["files"].pop(name)
+    (out / "model.json").write_text(json.dumps(meta))
+    stepper = OnnxStepper(load_model(out), CPU)
+    entered = []
+    unlocked = policy_export._export_locked
+    monkeypatch.setattr(policy_export, "_export_locked",
+                        lambda *a: entered.append(time.monotonic()) or unlocked(*a))
+
+    def export(task: str) -> None:
+        env = ControlEnv(task, stepper, 2)
+        net = ActorCritic(env.obs_size, env.action_size, PPOConfig(hidden=32))
+        export_policy(net, out, task, env.blocks, env.config.runtime(task), {"frames": 0})
+
+    threads = [threading.Thread(target=export, args=(t,)) for t in ("joystick", "target")]
+    with folder_lock(out):  # both exports wait for this holder, then run one after the other
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        released = time.monotonic()
+    for t in threads:
+        t.join(60)
+    assert len(entered) == 2 and min(entered) >= released
+    assert sorted(load_model(out).policies) == ["joystick", "target"]

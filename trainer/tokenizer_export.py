@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.atomic import atomic_path, atomic_write_text
+from runtime.atomic import atomic_path, atomic_write_text, folder_lock
 from runtime.features import FeatureLayout
 from runtime.model import SCHEMA_VERSION, ModelError, read_meta, sha256_file
 from runtime.skeleton import Skeleton
@@ -194,9 +194,10 @@ def export_tokenizer(run_path: str | Path, out: str | Path, name: str | None = N
     run = load_tokenizer_run(run_path)
     out = Path(out)
     if (out / "model.json").is_file():
-        meta = read_meta(out, ("schema_version", "name", "fps", "skeleton", "layout", "files"))
-        _same_shape(meta, run, out / "model.json")
-        return add_tokenizer(run, out, meta, licence)
+        with folder_lock(out):  # a policy export may be rewriting model.json too
+            meta = read_meta(out, ("schema_version", "name", "fps", "skeleton", "layout", "files"))
+            _same_shape(meta, run, out / "model.json")
+            return add_tokenizer(run, out, meta, licence)
     if out.exists():
         raise ModelError(f"{out}: exists but is not a model directory (no model.json); choose another --out")
     with staged_dir(out) as staging:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.atomic import atomic_path, atomic_write_text
+from runtime.atomic import atomic_path, atomic_write_text, folder_lock
 from runtime.model import load_model, sha256_file
 
 from .ppo import ActorCritic, PolicyGraph
@@ -47,6 +47,13 @@ def export_policy(net: ActorCritic, model_dir: str | Path, task: str, blocks: li
                   training: dict) -> float:
     """Write the policy into model_dir and register it in model.json; returns the ONNX-vs-torch difference."""
     folder = Path(model_dir)
+    # Two policies finishing at once must not each write model.json from the same old copy.
+    with folder_lock(folder):
+        return _export_locked(net, folder, task, blocks, task_config, training)
+
+
+def _export_locked(net: ActorCritic, folder: Path, task: str, blocks: list[list], task_config: dict,
+                   training: dict) -> float:
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     graph = PolicyGraph(net).cpu().eval()

@@ -39,7 +39,7 @@ class TaskConfig:
     lookahead_m: float = 0.5  # path look-ahead points are this far apart along the path
     path_pace_mps: float = 1.0  # path progress at this speed or faster earns the full reward
     path_size_m: tuple[float, float] = (2.0, 6.0)  # half-extent of the random training curves
-    skate_weight: float = 0.0  # per m/s of horizontal foot speed while the frame says the foot is planted
+    skate_weight: float = 1.0  # per m/s of horizontal foot speed while the frame says the foot is planted
 
     def runtime(self, task: str) -> dict:
         """The parameters the runtime and benchmarks need for a task."""
