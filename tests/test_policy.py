@@ -112,6 +112,10 @@ def test_rewards_prefer_doing_the_task(model_dir):
     r = task.reward(before, after, np.zeros(3), np.zeros((3, env.chars.frame_size)))
     assert r[0] > 2.5 and r[1] < -2.5 and r[2] > env.config.target_bonus  # toward, away, arrived
     assert task.reached.tolist() == [0, 0, 1] and np.linalg.norm(task.target[2] - [0, 0.1]) >= 1.0
+    task.target[:] = [[0, 5], [0, -5], [0, 5]]
+    env.chars.skating[:] = [0.5, 0.5, 0.0]  # skating discounts progress, not walking away
+    skated = task.reward(before, after, np.zeros(3), np.zeros((3, env.chars.frame_size)))
+    assert skated[0] == pytest.approx(skated[2] * np.exp(-0.5 * env.config.skate_weight)) and skated[1] < -2.5
 
     env = ControlEnv("path", OnnxStepper(load_model(model_dir), CPU), 3)
     env.reset()

@@ -6,6 +6,8 @@ Task bookkeeping is numpy on a few floats per character; the frames stay torch t
 Rewards follow Ling et al. 2020 (see ../shared/NOTES.md section 1), with the joystick's target taken
 from the commanded direction (the reference derives it from the speed, a bug), and every task pays for foot
 skating: without that term a policy finds latents that slide planted feet twice as fast as random walking.
+Joystick and path subtract it; the target task scales its progress by exp(-skating) instead, because there a
+subtracted penalty about as large as the progress itself taught policies to dawdle.
 """
 from __future__ import annotations
 
@@ -143,6 +145,10 @@ class Task:
         """Reward (N,) of the step that moved characters from origins before to origin, yaw; raw is the new frame."""
         raise NotImplementedError
 
+    def skating(self) -> np.ndarray:
+        """The weighted planted-foot speed of the step just taken (N,)."""
+        return self.config.skate_weight * self.chars.skating
+
 
 class JoystickTask(Task):
     """Walk in a commanded world direction at a commanded speed; commands change at random intervals."""
@@ -170,7 +176,7 @@ class JoystickTask(Task):
         speed = np.hypot(root[:, 0], root[:, 1]) * self.chars.fps
         # The angle error is between the character's heading and the commanded direction itself.
         heading_error = yaw - np.arctan2(self.direction[:, 0], self.direction[:, 1])
-        r = np.exp(np.cos(heading_error) - 1.0 - np.abs(speed - self.speed))
+        r = np.exp(np.cos(heading_error) - 1.0 - np.abs(speed - self.speed)) - self.skating()
         self.timer -= 1
         due = np.flatnonzero(self.timer <= 0)
         if due.size:
@@ -207,7 +213,10 @@ class TargetTask(Task):
         vel = raw[:, self.chars.stepper.model.layout.slice("velocities")]
         energy = c.energy_weight * (vel.reshape(self.n, -1, 3) ** 2).sum(-1).mean(-1)
         arrived = d_now < c.target_radius_m
-        r = (d_before - d_now) * self.chars.fps + c.target_bonus * arrived - energy
+        progress = (d_before - d_now) * self.chars.fps
+        # Skating discounts progress but never makes walking away look better.
+        progress = np.where(progress > 0, progress * np.exp(-self.skating()), progress)
+        r = progress + c.target_bonus * arrived - energy
         hit = np.flatnonzero(arrived)
         if hit.size:
             self.reached[hit] += 1
@@ -256,7 +265,7 @@ class PathTask(Task):
     def reward(self, before, origin, yaw, raw):
         advanced, dist = self.paths.track(np.arange(self.n), origin[:, [0, 2]])
         progress = np.clip(advanced * self.chars.fps / self.config.path_pace_mps, -1.0, 1.0)
-        return np.exp(-2.0 * dist) * progress
+        return np.exp(-2.0 * dist) * progress - self.skating()
 
 
 TASKS = {t.name: t for t in (JoystickTask, TargetTask, PathTask)}
@@ -308,7 +317,6 @@ class ControlEnv:
         diverged = self.chars.step(action).cpu().numpy()
         origin, yaw = self.chars.ground()
         reward = self.task.reward(before, origin, yaw, self.chars.raw_frame())
-        reward -= self.config.skate_weight * self.chars.skating
         reward[diverged] = 0.0
         self.t += 1
         truncated = (self.t >= self.limit) & ~diverged
