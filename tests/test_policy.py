@@ -164,6 +164,8 @@ def test_a_policy_is_read_back_from_its_onnx_file_to_train_further(policy_model,
         load_exported(wider, policy_model / "policy-target.onnx")
     with pytest.raises(ValueError, match="not a policy exported by trainer.policy"):
         load_exported(net, policy_model / "decoder.onnx")
+    with pytest.raises(ValueError, match="no such policy file"):
+        load_exported(net, tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.onnx: not an ONNX file"):
         load_exported(net, tmp_path / "junk.onnx")

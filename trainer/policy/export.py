@@ -95,6 +95,8 @@ def load_exported(net: ActorCritic, path: str | Path) -> None:
     from onnx import numpy_helper
 
     path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"{path}: no such policy file")
     try:
         graph = onnx.load(str(path)).graph
     except Exception as e:  # onnx raises DecodeError and friends for anything that is not a model
@@ -106,19 +108,19 @@ def load_exported(net: ActorCritic, path: str | Path) -> None:
     scale = next((n for n in graph.node if n.op_type == "Mul"), None)
     own = {f"actor.{k}": v for k, v in net.actor.state_dict().items()}
     try:
-        std = weights[divide.input[1]]  # sqrt(var + 1e-8), folded by the exporter
+        mean, std = weights["norm.mean"], weights[divide.input[1]]  # std = sqrt(var + 1e-8), folded by the exporter
         tensors = {name: torch.from_numpy(weights[name].copy()) for name in own}
         action_scale = float(next(consts[i] for i in scale.input if i in consts))
     except (AttributeError, KeyError, StopIteration):
         raise PolicyError(f"{path}: not a policy exported by trainer.policy") from None
     shapes_fit = all(tensors[k].shape == v.shape for k, v in own.items()) and std.shape == net.norm.mean.shape
-    if not shapes_fit or weights.get("norm.mean") is None:
+    if not shapes_fit:
         raise PolicyError(f"{path}: this policy's layers do not fit the task's observation, latent and hidden sizes")
     if abs(action_scale - net.action_scale) > 1e-6:
         raise PolicyError(f"{path}: action scale {action_scale:g} differs from this run's {net.action_scale:g}")
     with torch.no_grad():
         net.actor.load_state_dict({k[len("actor."):]: v for k, v in tensors.items()})
-        net.norm.mean.copy_(torch.from_numpy(weights["norm.mean"].copy()))
+        net.norm.mean.copy_(torch.from_numpy(mean.copy()))
         net.norm.var.copy_(torch.as_tensor(std.astype(np.float64) ** 2 - 1e-8, dtype=torch.float32))
         # Statistics worth many rollouts: a warm start's first rollouts must not shift the actor's inputs.
         net.norm.count.fill_(1e6)

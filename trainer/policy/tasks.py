@@ -76,7 +76,6 @@ class Characters:
         self.rotations[..., 3] = 1.0
         layout = model.layout
         self.feet = [layout.joint_names.index(name) for name in layout.contact_joints]
-        self.contact_columns = layout.slice("contacts") if layout.has("contacts") else slice(0, 0)
         self.feet_xz = torch.zeros(n, len(self.feet), 2, device=self.device)  # world, after the last step
         self.skating = np.zeros(n)  # m/s of planted feet in the last step (0 on a character's first step)
         self.placed = np.ones(n, dtype=bool)  # where feet_xz is stale: placed since the last step
@@ -108,8 +107,7 @@ class Characters:
         # Planted-foot speed, weighted by how planted the new frame says each foot is (the evaluator's measure,
         # made smooth): horizontal world speed of the foot between the two frames.
         speed = torch.linalg.vector_norm(feet - self.feet_xz, dim=-1) * self.fps
-        planted = torch.clamp(out["next_frame"][:, self.contact_columns] * self.stepper.scale[self.contact_columns]
-                              + self.stepper.shift[self.contact_columns], 0.0, 1.0)
+        planted = torch.clamp(out["contacts"], 0.0, 1.0)  # raw contacts, one per foot joint
         self.skating = (planted * speed).mean(-1).cpu().numpy() if self.feet else np.zeros(self.n)
         self.skating[self.placed] = 0.0
         self.feet_xz, self.placed[:] = feet, False
@@ -145,7 +143,7 @@ class Task:
         """Reward (N,) of the step that moved characters from origins before to origin, yaw; raw is the new frame."""
         raise NotImplementedError
 
-    def skating(self) -> np.ndarray:
+    def skate_cost(self) -> np.ndarray:
         """The weighted planted-foot speed of the step just taken (N,)."""
         return self.config.skate_weight * self.chars.skating
 
@@ -176,7 +174,7 @@ class JoystickTask(Task):
         speed = np.hypot(root[:, 0], root[:, 1]) * self.chars.fps
         # The angle error is between the character's heading and the commanded direction itself.
         heading_error = yaw - np.arctan2(self.direction[:, 0], self.direction[:, 1])
-        r = np.exp(np.cos(heading_error) - 1.0 - np.abs(speed - self.speed)) - self.skating()
+        r = np.exp(np.cos(heading_error) - 1.0 - np.abs(speed - self.speed)) - self.skate_cost()
         self.timer -= 1
         due = np.flatnonzero(self.timer <= 0)
         if due.size:
@@ -215,7 +213,7 @@ class TargetTask(Task):
         arrived = d_now < c.target_radius_m
         progress = (d_before - d_now) * self.chars.fps
         # Skating discounts progress but never makes walking away look better.
-        progress = np.where(progress > 0, progress * np.exp(-self.skating()), progress)
+        progress = np.where(progress > 0, progress * np.exp(-self.skate_cost()), progress)
         r = progress + c.target_bonus * arrived - energy
         hit = np.flatnonzero(arrived)
         if hit.size:
@@ -265,7 +263,7 @@ class PathTask(Task):
     def reward(self, before, origin, yaw, raw):
         advanced, dist = self.paths.track(np.arange(self.n), origin[:, [0, 2]])
         progress = np.clip(advanced * self.chars.fps / self.config.path_pace_mps, -1.0, 1.0)
-        return np.exp(-2.0 * dist) * progress - self.skating()
+        return np.exp(-2.0 * dist) * progress - self.skate_cost()
 
 
 TASKS = {t.name: t for t in (JoystickTask, TargetTask, PathTask)}
