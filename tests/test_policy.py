@@ -116,14 +116,33 @@ def test_rewards_prefer_doing_the_task(model_dir):
     env.chars.skating[:] = [0.5, 0.5, 0.0]  # skating discounts progress, not walking away
     skated = task.reward(before, after, np.zeros(3), np.zeros((3, env.chars.frame_size)))
     assert skated[0] == pytest.approx(skated[2] * np.exp(-0.5 * env.config.skate_weight)) and skated[1] < -2.5
+    # The arrival bonus is discounted by the mean skating of the whole approach.
+    env.reset()
+    task.target[:] = [[0, 0.6]] * 3
+    frame, w = np.zeros((3, env.chars.frame_size)), env.config.skate_weight
+    env.chars.skating[:] = [0.0, 0.4, 0.8]
+    task.reward(before, np.array([[0, 0, 0.05]] * 3), np.zeros(3), frame)
+    env.chars.skating[:] = [0.0, 0.4, 0.0]
+    r = task.reward(np.array([[0, 0, 0.05]] * 3), after + [0, 0, 0.05], np.zeros(3), frame)
+    walked, bonus = 0.1 * env.chars.fps, env.config.target_bonus
+    assert task.reached.tolist() == [1, 1, 1]
+    assert r == pytest.approx([walked + bonus, (walked + bonus) * np.exp(-0.4 * w), walked + bonus * np.exp(-0.4 * w)])
 
     env = ControlEnv("path", OnnxStepper(load_model(model_dir), CPU), 3)
     env.reset()
     line = resample_path(np.array([[0.0, -5], [0, 5], [0.1, 5], [0.1, -5]]), closed=True)
-    env.task.paths.set(np.arange(3), [line] * 3, np.ones(3, bool), np.array([[0.0, 0], [0, 0], [3, 0]]))
+    start = np.array([[0.0, 0], [0, 0], [3, 0]])
+    env.task.follow(np.arange(3), [line] * 3, start)
     after = np.array([[0, 0, 0.05], [0, 0, -0.05], [3, 0, 0.05]])
     r = env.task.reward(np.zeros((3, 3)), after, np.zeros(3), None)
     assert r[0] > 0.9 and r[1] < -0.9 and abs(r[2]) < 0.01  # along, backwards, far off the path
+    # Off the path, closing in earns what leaving costs, so a lost character learns to come back.
+    env.task.follow(np.arange(3), [line] * 3, start)
+    closer, back = np.array([[0, 0, 0], [0, 0, 0], [2.9, 0, 0]]), np.array([[0, 0, 0], [0, 0, 0], [3, 0, 0]])
+    steps = [env.task.reward(np.zeros((3, 3)), closer, np.zeros(3), None),
+             env.task.reward(np.zeros((3, 3)), back, np.zeros(3), None)]
+    toward = 0.1 * env.chars.fps / env.config.path_pace_mps
+    assert steps[0][2] == pytest.approx(toward, rel=0.05) and steps[1][2] == pytest.approx(-toward, rel=0.05)
 
 
 def test_skating_penalty_is_the_evaluators_foot_sliding(model_dir):

@@ -41,6 +41,7 @@ class TaskConfig:
     lookahead_m: float = 0.5  # path look-ahead points are this far apart along the path
     path_pace_mps: float = 1.0  # path progress at this speed or faster earns the full reward
     path_size_m: tuple[float, float] = (2.0, 6.0)  # half-extent of the random training curves
+    path_approach: float = 1.0  # weight of the reward for closing in on the path (see PathTask.reward)
     skate_weight: float = 1.0  # per m/s of horizontal foot speed while the frame says the foot is planted
 
     def runtime(self, task: str) -> dict:
@@ -191,6 +192,8 @@ class TargetTask(Task):
         super().__init__(chars, config)
         self.target = np.zeros((self.n, 2))
         self.reached = np.zeros(self.n, np.int64)
+        self.slid = np.zeros(self.n)  # skating cost summed since the current target was set
+        self.steps = np.zeros(self.n, np.int64)  # steps since then
 
     def reset(self, idx, origin, yaw):
         self.reached[idx] = 0
@@ -200,6 +203,7 @@ class TargetTask(Task):
         angle = self.rng.uniform(-np.pi, np.pi, len(idx))
         dist = self.rng.uniform(self.config.target_min_m, self.config.target_max_m, len(idx))
         self.target[idx] = origin[idx][:, [0, 2]] + dist[:, None] * np.stack([np.sin(angle), np.cos(angle)], -1)
+        self.slid[idx], self.steps[idx] = 0.0, 0
 
     def features(self, origin, yaw):
         return target_features(self.target, origin, yaw)
@@ -211,10 +215,15 @@ class TargetTask(Task):
         vel = raw[:, self.chars.stepper.model.layout.slice("velocities")]
         energy = c.energy_weight * (vel.reshape(self.n, -1, 3) ** 2).sum(-1).mean(-1)
         arrived = d_now < c.target_radius_m
+        cost = self.skate_cost()
+        self.slid += cost
+        self.steps += 1
         progress = (d_before - d_now) * self.chars.fps
-        # Skating discounts progress but never makes walking away look better.
-        progress = np.where(progress > 0, progress * np.exp(-self.skate_cost()), progress)
-        r = progress + c.target_bonus * arrived - energy
+        # Skating discounts progress but never makes walking away look better; the bonus is discounted by the
+        # mean skating of the whole approach, or sliding there faster would still pay through more bonuses.
+        progress = np.where(progress > 0, progress * np.exp(-cost), progress)
+        bonus = c.target_bonus * np.exp(-self.slid / self.steps) * arrived
+        r = progress + bonus - energy
         hit = np.flatnonzero(arrived)
         if hit.size:
             self.reached[hit] += 1
@@ -247,6 +256,7 @@ class PathTask(Task):
     def __init__(self, chars: Characters, config: TaskConfig) -> None:
         super().__init__(chars, config)
         self.paths = Paths(self.n)
+        self.dist = np.zeros(self.n)  # distance to the path after the last step
 
     def reset(self, idx, origin, yaw):
         curves = []
@@ -254,16 +264,26 @@ class PathTask(Task):
             pts = random_closed_curve(self.rng, self.config.path_size_m)
             pts = pts - pts[self.rng.integers(len(pts))] + self.rng.normal(0.0, 0.3, 2)
             curves.append(resample_path(pts, closed=True))
-        curves = [c + origin[i, [0, 2]] for c, i in zip(curves, idx)]
-        self.paths.set(idx, curves, np.ones(len(idx), bool), origin[idx][:, [0, 2]])
+        self.follow(idx, [c + origin[i, [0, 2]] for c, i in zip(curves, idx)], origin[idx][:, [0, 2]])
+
+    def follow(self, idx: np.ndarray, curves: list[np.ndarray], xz: np.ndarray) -> None:
+        """Give characters idx, standing at xz (len(idx), 2), closed resampled curves to follow."""
+        self.paths.set(idx, curves, np.ones(len(idx), bool), xz)
+        self.dist[idx] = np.linalg.norm(self.paths.at(idx, self.paths.s[idx]) - xz, axis=1)
 
     def features(self, origin, yaw):
         return self.paths.features(np.arange(self.n), yaw, origin[:, [0, 2]], self.config.lookahead_m)
 
     def reward(self, before, origin, yaw, raw):
         advanced, dist = self.paths.track(np.arange(self.n), origin[:, [0, 2]])
-        progress = np.clip(advanced * self.chars.fps / self.config.path_pace_mps, -1.0, 1.0)
-        return np.exp(-2.0 * dist) * progress - self.skate_cost()
+        pace = self.config.path_pace_mps
+        progress = np.clip(advanced * self.chars.fps / pace, -1.0, 1.0)
+        # Closing in on the path is paid as much as leaving it costs (shaping by the distance, unclipped so that
+        # it telescopes): without it a character that wanders a few metres off, as fast random walkers do, sees
+        # no reward at all and never learns to come back.
+        approach = self.config.path_approach * (self.dist - dist) * self.chars.fps / pace
+        self.dist = dist
+        return np.exp(-2.0 * dist) * progress + approach - self.skate_cost()
 
 
 TASKS = {t.name: t for t in (JoystickTask, TargetTask, PathTask)}
