@@ -7,7 +7,8 @@ Rewards follow Ling et al. 2020 (see ../shared/NOTES.md section 1), with the joy
 from the commanded direction (the reference derives it from the speed, a bug), and every task pays for foot
 skating: without that term a policy finds latents that slide planted feet twice as fast as random walking.
 Joystick and path subtract it; the target task scales its progress by exp(-skating) instead, because there a
-subtracted penalty about as large as the progress itself taught policies to dawdle.
+subtracted penalty about as large as the progress itself taught policies to dawdle. The path task also pays
+for closing in on the path, so that characters that wander off learn to come back.
 """
 from __future__ import annotations
 
@@ -192,8 +193,6 @@ class TargetTask(Task):
         super().__init__(chars, config)
         self.target = np.zeros((self.n, 2))
         self.reached = np.zeros(self.n, np.int64)
-        self.slid = np.zeros(self.n)  # skating cost summed since the current target was set
-        self.steps = np.zeros(self.n, np.int64)  # steps since then
 
     def reset(self, idx, origin, yaw):
         self.reached[idx] = 0
@@ -203,7 +202,6 @@ class TargetTask(Task):
         angle = self.rng.uniform(-np.pi, np.pi, len(idx))
         dist = self.rng.uniform(self.config.target_min_m, self.config.target_max_m, len(idx))
         self.target[idx] = origin[idx][:, [0, 2]] + dist[:, None] * np.stack([np.sin(angle), np.cos(angle)], -1)
-        self.slid[idx], self.steps[idx] = 0.0, 0
 
     def features(self, origin, yaw):
         return target_features(self.target, origin, yaw)
@@ -215,15 +213,10 @@ class TargetTask(Task):
         vel = raw[:, self.chars.stepper.model.layout.slice("velocities")]
         energy = c.energy_weight * (vel.reshape(self.n, -1, 3) ** 2).sum(-1).mean(-1)
         arrived = d_now < c.target_radius_m
-        cost = self.skate_cost()
-        self.slid += cost
-        self.steps += 1
         progress = (d_before - d_now) * self.chars.fps
-        # Skating discounts progress but never makes walking away look better; the bonus is discounted by the
-        # mean skating of the whole approach, or sliding there faster would still pay through more bonuses.
-        progress = np.where(progress > 0, progress * np.exp(-cost), progress)
-        bonus = c.target_bonus * np.exp(-self.slid / self.steps) * arrived
-        r = progress + bonus - energy
+        # Skating discounts progress but never makes walking away look better.
+        progress = np.where(progress > 0, progress * np.exp(-self.skate_cost()), progress)
+        r = progress + c.target_bonus * arrived - energy
         hit = np.flatnonzero(arrived)
         if hit.size:
             self.reached[hit] += 1
