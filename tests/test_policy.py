@@ -102,6 +102,9 @@ def test_rewards_prefer_doing_the_task(model_dir):
     raw[:, 1] = 1.0 / fps  # 1 m/s forward
     r = task.reward(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), raw)
     assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(np.exp(-2.0))
+    task.direction[:] = [[np.sin(0.75 * np.pi), np.cos(0.75 * np.pi)], [np.sin(-0.75 * np.pi), np.cos(-0.75 * np.pi)]]
+    r = task.reward(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), raw)  # 135 degrees off either way: linear
+    assert r == pytest.approx(np.exp([-1.5, -1.5]))
 
     env = ControlEnv("target", OnnxStepper(load_model(model_dir), CPU), 3)
     env.reset()

@@ -44,6 +44,7 @@ class TaskConfig:
     path_size_m: tuple[float, float] = (2.0, 6.0)  # half-extent of the random training curves
     path_approach: float = 1.0  # weight of the reward for closing in on the path (see PathTask.reward)
     skate_weight: float = 1.0  # per m/s of horizontal foot speed while the frame says the foot is planted
+    heading_linear: bool = True  # joystick: heading term -2|error|/pi instead of the reference's cos(error) - 1
 
     def runtime(self, task: str) -> dict:
         """The parameters the runtime and benchmarks need for a task."""
@@ -176,7 +177,13 @@ class JoystickTask(Task):
         speed = np.hypot(root[:, 0], root[:, 1]) * self.chars.fps
         # The angle error is between the character's heading and the commanded direction itself.
         heading_error = yaw - np.arctan2(self.direction[:, 0], self.direction[:, 1])
-        r = np.exp(np.cos(heading_error) - 1.0 - np.abs(speed - self.speed)) - self.skate_cost()
+        # cos(error) - 1 is flat near a half turn, so it barely tells a character facing away which way to turn;
+        # the linear term agrees with it at 0 and 180 degrees and pulls equally hard all the way round.
+        if self.config.heading_linear:
+            heading = -2.0 / np.pi * np.abs((heading_error + np.pi) % (2 * np.pi) - np.pi)
+        else:
+            heading = np.cos(heading_error) - 1.0
+        r = np.exp(heading - np.abs(speed - self.speed)) - self.skate_cost()
         self.timer -= 1
         due = np.flatnonzero(self.timer <= 0)
         if due.size:
