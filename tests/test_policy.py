@@ -15,7 +15,7 @@ from trainer.export import untrained_run
 from trainer.policy.__main__ import main as policy_main
 from trainer.evaluate import frame_quantities
 from trainer.policy.export import export_policy, load_exported
-from trainer.policy.loop import RunConfig, make_trainer, train
+from trainer.policy.loop import RunConfig, make_trainer, read, restore, train
 from trainer.policy.ppo import ActorCritic, PolicyGraph, PPOConfig, gae, ppo_update
 from trainer.policy.stepper import OnnxStepper, TorchStepper
 from trainer.policy.tasks import ControlEnv, TaskConfig
@@ -358,6 +358,21 @@ def test_command_line_trains_resumes_and_exports(model_dir, tmp_path, capsys):
     warm[warm.index(str(tmp_path / "warm"))] = str(tmp_path / "warm2")
     assert policy_main(warm + [str(model / "model.json")]) == 2
     assert "model.json: not an ONNX file" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_reward_it_was_trained_on(model_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["joystick", "--model", str(model_dir), "--run-dir", str(run), "--envs", "8", "--horizon", "16", "-q",
+            "--no-export", "--steps", "128", "--heading", "cosine", "--path-approach", "0.5"]
+    assert policy_main(args) == 0
+    state = read(run)
+    stepper = OnnxStepper(load_model(model_dir), CPU)
+    config = restore(state, stepper).env.config
+    assert not config.heading_linear and config.path_approach == 0.5 and config.skate_weight == 1.0
+    for key in ("heading_linear", "path_approach", "skate_weight"):  # a run from before these terms
+        del state["env"][key]
+    config = restore(state, stepper).env.config
+    assert not config.heading_linear and config.path_approach == 0.0 and config.skate_weight == 0.0
 
 
 def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):

@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max, help="joystick: fastest command, m/s")
     p.add_argument("--skate-weight", type=float, default=TaskConfig.skate_weight,
                    help="reward penalty per m/s of planted-foot sliding (default %(default)s)")
+    p.add_argument("--heading", choices=("linear", "cosine"), default="linear",
+                   help="joystick heading term: -2|error|/pi (default) or the reference's cos(error) - 1")
+    p.add_argument("--path-approach", type=float, default=TaskConfig.path_approach,
+                   help="path: weight of the reward for closing in on the path (default %(default)s)")
     p.add_argument("--init-policy", help="start the actor from an exported policy-<task>.onnx (its critic is new)")
     p.add_argument("--critic-warmup", type=int,
                    help="first updates that train only the critic (default 8 with --init-policy, else 0)")
@@ -85,7 +89,8 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
     warmup = args.critic_warmup if args.critic_warmup is not None else (8 if args.init_policy else 0)
     ppo = PPOConfig(envs=args.envs, horizon=args.horizon, epochs=args.epochs, minibatch=args.minibatch, lr=args.lr,
                     action_scale=args.action_scale, init_log_std=args.init_log_std, critic_warmup=warmup)
-    env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight)
+    env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight,
+                     heading_linear=args.heading == "linear", path_approach=args.path_approach)
     trainer = make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
                                      ppo, env), stepper)
     if args.init_policy:
