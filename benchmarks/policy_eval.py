@@ -20,6 +20,7 @@ import numpy as np
 
 from runtime.controller import Controller
 from runtime.model import MotionModel, load_model
+from runtime.rotations import wrap_angle
 from trainer.evaluate import FREEZE_SECONDS, frame_quantities, frozen, window_means
 
 HEADING_DEG, HEADING_S = 20.0, 2.0
@@ -78,7 +79,7 @@ def joystick(model: MotionModel, seed: int) -> dict:
             ctrl.step(control=control)
             rec.add(ctrl)
             xz.append(ctrl.state.origin[:, [0, 2]].astype(np.float64))
-            err = np.abs((ctrl.state.yaw[:, 0] - angle[k] + np.pi) % (2 * np.pi) - np.pi)
+            err = np.abs(wrap_angle(ctrl.state.yaw[:, 0] - angle[k]))
             if t < HEADING_S * fps:
                 heading_ok[k] |= err < np.radians(HEADING_DEG)
             if window <= t < SPEED_S * fps:

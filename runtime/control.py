@@ -82,8 +82,8 @@ class Paths:
         self.closed = np.ones(n, bool)
         self.s = np.zeros(n)  # arc length of each character's nearest path point
 
-    def set(self, idx: np.ndarray, paths: list[np.ndarray], closed: np.ndarray, xz: np.ndarray) -> None:
-        """Give characters idx new paths (already resampled) and find where on them they stand."""
+    def set(self, idx: np.ndarray, paths: list[np.ndarray], closed: np.ndarray, xz: np.ndarray) -> np.ndarray:
+        """Give characters idx new paths (already resampled); returns how far from them they stand (see locate)."""
         longest = max(len(p) for p in paths)
         if longest > self.points.shape[1]:
             grown = np.zeros((len(self.points), longest, 2))
@@ -95,7 +95,7 @@ class Paths:
             self.closed[i] = c
             length = np.linalg.norm(np.diff(pts, axis=0), axis=1).sum()
             self.step[i] = (length + np.linalg.norm(pts[-1] - pts[0])) / len(pts) if c else length / (len(pts) - 1)
-        self.locate(idx, xz)
+        return self.locate(idx, xz)
 
     def length(self, idx: np.ndarray) -> np.ndarray:
         """Arc length of each path (a closed one including its closing segment)."""
@@ -113,11 +113,14 @@ class Paths:
         rows = np.asarray(idx).reshape(shape)
         return self.points[rows, np.minimum(i0, n - 1)] * (1 - frac) + self.points[rows, i1] * frac
 
-    def locate(self, idx: np.ndarray, xz: np.ndarray) -> None:
-        """Set the progress of characters idx to the nearest point of their whole path."""
-        for i, p in zip(idx, xz):  # only when a path is given or a character was reset
+    def locate(self, idx: np.ndarray, xz: np.ndarray) -> np.ndarray:
+        """Set the progress of characters idx to the nearest point of their whole path; returns its distance."""
+        dist = np.zeros(len(idx))
+        for k, (i, p) in enumerate(zip(idx, xz)):  # only when a path is given or a character was reset
             d = np.linalg.norm(self.points[i, :self.count[i]] - p, axis=1)
             self.s[i] = np.argmin(d) * self.step[i]
+            dist[k] = d.min()
+        return dist
 
     def track(self, idx: np.ndarray, xz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Move progress to the nearest path point near the last one; returns (arc advanced, distance)."""

@@ -84,7 +84,7 @@ def test_task_features_are_in_the_character_frame():
 def test_paths_track_progress_and_look_ahead():
     paths = Paths(1)
     square = resample_path(np.array([[0.0, 0], [4, 0], [4, 4], [0, 4]]), closed=True)
-    paths.set(np.array([0]), [square], np.array([True]), np.array([[1.0, 0.1]]))
+    assert paths.set(np.array([0]), [square], np.array([True]), np.array([[1.0, 0.1]]))[0] == pytest.approx(0.1)
     assert abs(paths.length(np.array([0]))[0] - 16.0) < 1e-9 and abs(paths.s[0] - 1.0) < 0.06
     advanced, dist = paths.track(np.array([0]), np.array([[1.5, -0.2]]))
     assert abs(advanced[0] - 0.5) < 0.06 and abs(dist[0] - 0.2) < 1e-6

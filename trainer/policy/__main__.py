@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max, help="joystick: fastest command, m/s")
     p.add_argument("--skate-weight", type=float, default=TaskConfig.skate_weight,
                    help="reward penalty per m/s of planted-foot sliding (default %(default)s)")
-    p.add_argument("--heading", choices=("linear", "cosine"), default="linear",
-                   help="joystick heading term: -2|error|/pi (default) or the reference's cos(error) - 1")
+    p.add_argument("--heading", choices=("linear", "cosine"),
+                   default="linear" if TaskConfig.heading_linear else "cosine",
+                   help="joystick heading term: -2|error|/pi or the reference's cos(error) - 1 (default %(default)s)")
     p.add_argument("--path-approach", type=float, default=TaskConfig.path_approach,
                    help="path: weight of the reward for closing in on the path (default %(default)s)")
     p.add_argument("--init-policy", help="start the actor from an exported policy-<task>.onnx (its critic is new)")

@@ -83,8 +83,8 @@ def read(run_dir: Path) -> dict:
 
 def restore(state: dict, stepper: Stepper, steps: int | None = None, checkpoint_every_s: float = 120.0) -> Trainer:
     """A trainer continued from a checkpoint (steps: a new total, if given)."""
-    # Runs from before a reward term (skating, closing in on the path) continue with the reward they were
-    # trained on.
+    # Runs from before a reward term (skating, closing in on the path, the linear heading) continue with the
+    # reward they were trained on.
     old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False}
     env = TaskConfig(**{**old_rewards, **state["env"], "path_size_m": tuple(state["env"]["path_size_m"])})
     config = RunConfig(state["task"], steps or state["steps"], state["seed"], checkpoint_every_s,

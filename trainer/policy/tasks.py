@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from runtime.control import LOOKAHEAD_POINTS, Paths, joystick_features, resample_path, target_features
+from runtime.rotations import wrap_angle
 
 from .stepper import PolicyError, Stepper
 
@@ -180,7 +181,7 @@ class JoystickTask(Task):
         # cos(error) - 1 is flat near a half turn, so it barely tells a character facing away which way to turn;
         # the linear term agrees with it at 0 and 180 degrees and pulls equally hard all the way round.
         if self.config.heading_linear:
-            heading = -2.0 / np.pi * np.abs((heading_error + np.pi) % (2 * np.pi) - np.pi)
+            heading = -2.0 / np.pi * np.abs(wrap_angle(heading_error))
         else:
             heading = np.cos(heading_error) - 1.0
         r = np.exp(heading - np.abs(speed - self.speed)) - self.skate_cost()
@@ -268,8 +269,7 @@ class PathTask(Task):
 
     def follow(self, idx: np.ndarray, curves: list[np.ndarray], xz: np.ndarray) -> None:
         """Give characters idx, standing at xz (len(idx), 2), closed resampled curves to follow."""
-        self.paths.set(idx, curves, np.ones(len(idx), bool), xz)
-        self.dist[idx] = np.linalg.norm(self.paths.at(idx, self.paths.s[idx]) - xz, axis=1)
+        self.dist[idx] = self.paths.set(idx, curves, np.ones(len(idx), bool), xz)
 
     def features(self, origin, yaw):
         return self.paths.features(np.arange(self.n), yaw, origin[:, [0, 2]], self.config.lookahead_m)
