@@ -8,7 +8,7 @@ import torch
 
 from runtime.control import Paths, joystick_features, resample_path, target_features
 from runtime.controller import Controller
-from runtime.model import ModelError, load_model
+from runtime.model import ModelError, load_model, sha256_file
 from trainer.config import TrainConfig
 from trainer.data import load_frames
 from trainer.export import untrained_run
@@ -119,6 +119,10 @@ def test_rewards_prefer_doing_the_task(model_dir):
     env.chars.skating[:] = [0.5, 0.5, 0.0]  # skating discounts progress, not walking away
     skated = task.reward(before, after, np.zeros(3), np.zeros((3, env.chars.frame_size)))
     assert skated[0] == pytest.approx(skated[2] * np.exp(-0.5 * env.config.skate_weight)) and skated[1] < -2.5
+    env.chars.skating[:] = 0.0  # the same step toward the target facing it, side-on, and backing onto it
+    task.target[:] = [0, 5]
+    facing = task.reward(before, after, np.array([0.0, np.pi / 2, np.pi]), np.zeros((3, env.chars.frame_size)))
+    assert facing[1:] == pytest.approx(facing[0] * np.exp([-1.0, -2.0]))
 
     env = ControlEnv("path", OnnxStepper(load_model(model_dir), CPU), 3)
     env.reset()
@@ -352,11 +356,18 @@ def test_command_line_trains_resumes_and_exports(model_dir, tmp_path, capsys):
     assert policy_main(["joystick", "--model", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r2")]) == 2
     assert "no such model directory" in capsys.readouterr().err
     warm = ["target", "--model", str(model), "--run-dir", str(tmp_path / "warm"), "--envs", "8", "--horizon", "16",
-            "-q", "--steps", "128", "--no-export", "--init-policy"]
-    assert policy_main(warm + [str(model / "policy-target.onnx")]) == 0
+            "-q", "--steps", "128"]
+    started_from = sha256_file(model / "policy-target.onnx")
+    assert policy_main(warm + ["--init-policy", str(model / "policy-target.onnx")]) == 0
+    # The warm start's record names the policy it started from, with that policy's own record, across --resume.
+    assert policy_main(warm + ["--steps", "256", "--resume"]) == 0
+    record = json.loads((model / "model.json").read_text())["policies"]["target"]["training"]
+    assert record["frames"] == 256 and record["init"]["sha256"] == started_from
+    assert record["init"]["training"]["frames"] == 256 and record["init"]["training"]["init"] is None
+    assert record["reward"]["target_facing"] == 1.0
     capsys.readouterr()
     warm[warm.index(str(tmp_path / "warm"))] = str(tmp_path / "warm2")
-    assert policy_main(warm + [str(model / "model.json")]) == 2
+    assert policy_main(warm + ["--no-export", "--init-policy", str(model / "model.json")]) == 2
     assert "model.json: not an ONNX file" in capsys.readouterr().err
 
 
@@ -369,10 +380,12 @@ def test_a_resumed_run_keeps_the_reward_it_was_trained_on(model_dir, tmp_path):
     stepper = OnnxStepper(load_model(model_dir), CPU)
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.5 and config.skate_weight == 1.0
-    for key in ("heading_linear", "path_approach", "skate_weight"):  # a run from before these terms
+    assert config.target_facing == 1.0
+    for key in ("heading_linear", "path_approach", "skate_weight", "target_facing"):  # a run from before these terms
         del state["env"][key]
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.0 and config.skate_weight == 0.0
+    assert config.target_facing == 0.0
 
 
 def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):

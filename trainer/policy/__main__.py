@@ -16,7 +16,7 @@ from runtime.model import ModelError
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..runs import resolve_device
-from .export import export_policy, load_exported, policy_file
+from .export import export_policy, load_exported, policy_file, provenance
 from .loop import RunConfig, Trainer, make_trainer, read, restore, train
 from .ppo import PPOConfig
 from .stepper import PolicyError, make_stepper
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="joystick heading term: -2|error|/pi or the reference's cos(error) - 1 (default %(default)s)")
     p.add_argument("--path-approach", type=float, default=TaskConfig.path_approach,
                    help="path: weight of the reward for closing in on the path (default %(default)s)")
+    p.add_argument("--target-facing", type=float, default=TaskConfig.target_facing,
+                   help="target: weight of the discount on progress made while not facing the target "
+                        "(default %(default)s)")
     p.add_argument("--init-policy", help="start the actor from an exported policy-<task>.onnx (its critic is new)")
     p.add_argument("--critic-warmup", type=int,
                    help="first updates that train only the critic (default 8 with --init-policy, else 0)")
@@ -91,11 +94,13 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
     ppo = PPOConfig(envs=args.envs, horizon=args.horizon, epochs=args.epochs, minibatch=args.minibatch, lr=args.lr,
                     action_scale=args.action_scale, init_log_std=args.init_log_std, critic_warmup=warmup)
     env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight,
-                     heading_linear=args.heading == "linear", path_approach=args.path_approach)
+                     heading_linear=args.heading == "linear", path_approach=args.path_approach,
+                     target_facing=args.target_facing)
     trainer = make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
                                      ppo, env), stepper)
     if args.init_policy:
         load_exported(trainer.net, args.init_policy)
+        trainer.init = provenance(args.init_policy, args.task)
     return trainer
 
 
@@ -113,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         last = trainer.history[-1] if trainer.history else {}
         if not args.no_export:
             env = trainer.env
+            record = {"frames": trainer.frames, "seconds": round(trainer.seconds, 1),
+                      "mean_reward": last.get("mean_reward"), "run": str(run_dir), "reward": env.config.reward(),
+                      "init": trainer.init}
             diff = export_policy(trainer.net, args.model, args.task, env.blocks, env.config.runtime(args.task),
-                                 {"frames": trainer.frames, "seconds": round(trainer.seconds, 1),
-                                  "mean_reward": last.get("mean_reward"), "run": str(run_dir)})
+                                 record)
             print(f"exported {policy_file(args.task)} into {args.model} (onnxruntime vs torch {diff:.1e})")
     except (PolicyError, ConfigError, ModelError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -86,6 +86,19 @@ def _export_locked(net: ActorCritic, folder: Path, task: str, blocks: list[list]
     return diff
 
 
+def provenance(path: str | Path, task: str) -> dict:
+    """What a run started from an exported policy records of it: the file, its sha256 and its training record."""
+    path = Path(path)
+    record = None
+    try:
+        entry = json.loads((path.parent / "model.json").read_text(encoding="utf-8"))["policies"][task]
+        if entry["file"] == path.name:
+            record = entry.get("training")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a policy file outside its model directory: only its hash is known
+    return {"file": str(path), "sha256": sha256_file(path), "training": record}
+
+
 def load_exported(net: ActorCritic, path: str | Path) -> None:
     """Copy an exported policy's observation statistics and actor weights into net (its critic stays fresh).
 

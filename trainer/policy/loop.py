@@ -46,6 +46,7 @@ class Trainer:
     frames: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    init: dict | None = None  # the exported policy this run started from, with its own training record
 
 
 def make_trainer(config: RunConfig, stepper: Stepper) -> Trainer:
@@ -64,7 +65,7 @@ def save(trainer: Trainer, run_dir: Path) -> None:
              "ppo": asdict(c.ppo), "env": asdict(c.env), "net": trainer.net.state_dict(),
              "optimiser": trainer.optimiser.state_dict(), "frames": trainer.frames, "seconds": trainer.seconds,
              "history": trainer.history, "generator": trainer.generator.get_state(),
-             "env_rng": trainer.env.rng.bit_generator.state}
+             "env_rng": trainer.env.rng.bit_generator.state, "init": trainer.init}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(run_dir / CHECKPOINT, buffer.getvalue())
@@ -83,9 +84,9 @@ def read(run_dir: Path) -> dict:
 
 def restore(state: dict, stepper: Stepper, steps: int | None = None, checkpoint_every_s: float = 120.0) -> Trainer:
     """A trainer continued from a checkpoint (steps: a new total, if given)."""
-    # Runs from before a reward term (skating, closing in on the path, the linear heading) continue with the
-    # reward they were trained on.
-    old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False}
+    # Runs from before a reward term (skating, closing in on the path, the linear heading, facing the target)
+    # continue with the reward they were trained on.
+    old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0}
     env = TaskConfig(**{**old_rewards, **state["env"], "path_size_m": tuple(state["env"]["path_size_m"])})
     config = RunConfig(state["task"], steps or state["steps"], state["seed"], checkpoint_every_s,
                        PPOConfig(**state["ppo"]), env)
@@ -98,6 +99,7 @@ def restore(state: dict, stepper: Stepper, steps: int | None = None, checkpoint_
     trainer.generator.set_state(state["generator"])
     trainer.env.rng.bit_generator.state = state["env_rng"]
     trainer.frames, trainer.seconds, trainer.history = state["frames"], state["seconds"], list(state["history"])
+    trainer.init = state.get("init")  # absent from runs before the record
     return trainer
 
 

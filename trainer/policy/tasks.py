@@ -7,8 +7,9 @@ Rewards follow Ling et al. 2020 (see ../shared/NOTES.md section 1), with the joy
 from the commanded direction (the reference derives it from the speed, a bug), and every task pays for foot
 skating: without that term a policy finds latents that slide planted feet twice as fast as random walking.
 Joystick and path subtract it; the target task scales its progress by exp(-skating) instead, because there a
-subtracted penalty about as large as the progress itself taught policies to dawdle. The path task also pays
-for closing in on the path, so that characters that wander off learn to come back.
+subtracted penalty about as large as the progress itself taught policies to dawdle; it also discounts progress
+made while not facing the target, which taught them to glide backwards. The path task also pays for closing
+in on the path, so that characters that wander off learn to come back.
 """
 from __future__ import annotations
 
@@ -46,11 +47,17 @@ class TaskConfig:
     path_approach: float = 1.0  # weight of the reward for closing in on the path (see PathTask.reward)
     skate_weight: float = 1.0  # per m/s of horizontal foot speed while the frame says the foot is planted
     heading_linear: bool = True  # joystick: heading term -2|error|/pi instead of the reference's cos(error) - 1
+    target_facing: float = 1.0  # target: progress is discounted by exp(-weight x 2|angle to the target|/pi)
 
     def runtime(self, task: str) -> dict:
         """The parameters the runtime and benchmarks need for a task."""
         keys = {"joystick": ("speed_min", "speed_max"), "target": ("target_radius_m",),
                 "path": ("lookahead_m", "path_pace_mps")}[task]
+        return {k: asdict(self)[k] for k in keys}
+
+    def reward(self) -> dict:
+        """The reward terms' settings, recorded with an exported policy."""
+        keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "path_approach", "target_facing")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -222,8 +229,12 @@ class TargetTask(Task):
         energy = c.energy_weight * (vel.reshape(self.n, -1, 3) ** 2).sum(-1).mean(-1)
         arrived = d_now < c.target_radius_m
         progress = (d_before - d_now) * self.chars.fps
-        # Skating discounts progress but never makes walking away look better.
-        progress = np.where(progress > 0, progress * np.exp(-self.skate_cost()), progress)
+        # Skating and facing away discount progress but never make walking away look better. Without the facing
+        # term policies reach targets behind them by sliding backwards on planted feet rather than turning.
+        to_target = self.target - origin[:, [0, 2]]
+        facing = np.abs(wrap_angle(yaw - np.arctan2(to_target[:, 0], to_target[:, 1])))
+        discount = np.exp(-self.skate_cost() - c.target_facing * 2.0 / np.pi * facing)
+        progress = np.where(progress > 0, progress * discount, progress)
         r = progress + c.target_bonus * arrived - energy
         hit = np.flatnonzero(arrived)
         if hit.size:
