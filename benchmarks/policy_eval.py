@@ -5,8 +5,9 @@ Joystick: 200 random commands (speeds from the policy's training range), each he
     (at least 0.1 m/s) within 3 s. Target: 100 random targets 1-10 m away, reached within the policy's
     radius in under 15 s, then told to stay there (the share of the time after arriving spent within the
     radius is reported). Path: mean distance to a figure-eight (8 m x 4 m) over 60 s.
-Motion quality under control against random latents: frozen 2 s windows and foot skating (horizontal foot
-speed while in contact), as a ratio to random walking on the same model; "comparable" is at most 1.25x.
+Motion quality under control against random latents: frozen 2 s windows, foot skating (horizontal foot
+speed while in contact) as a ratio to random walking on the same model ("comparable" is at most 1.25x), and
+the share of moving frames spent walking backwards.
 Cost: Controller.step with and without control at 1 and 64 characters.
 Usage: python benchmarks/policy_eval.py --model DIR [--tasks joystick target path] [--seed N]
 """
@@ -28,6 +29,7 @@ SPEED_TOLERANCE, SPEED_FLOOR, SPEED_S, SPEED_WINDOW_S = 0.25, 0.1, 3.0, 0.5
 COMMAND_S = 5.0
 TARGET_LIMIT_S = 15.0
 PATH_S = 60.0
+BACKWARDS_MIN_SPEED = 0.3  # m/s: slower steps are standing or turning on the spot, not walking either way
 SKATE_RATIO_LIMIT = 1.25  # foot skating under control this many times random walking's still counts as comparable
 
 
@@ -54,6 +56,10 @@ class Recorder:
         width = int(FREEZE_SECONDS * model.fps)
         still = frozen(window_means(q["root_speed"], width), window_means(q["pose_speed"], width))
         out = {"frozen": float(still.mean())}
+        # Moving against its facing: the locomotion data walks forwards, so backing up is a glide the policy found.
+        root = f[:, 1:, model.layout.slice("root")]
+        moving = q["root_speed"] > BACKWARDS_MIN_SPEED
+        out["backwards"] = float((root[..., 1][moving] < 0).mean()) if moving.any() else 0.0
         if "skate" in q:
             out["skate"] = float(q["skate"][q["contact"]].mean()) if q["contact"].any() else 0.0
         return out
@@ -185,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec in sorted(model.policies.items()):
         print(f"  {name}: trained {spec.spec.get('training', {})}")
     base = random_walk(model, args.seed)
-    print(f"random walk: frozen windows {base['frozen']:.3f}, skating {base.get('skate', float('nan')):.3f} m/s")
+    print(f"random walk: frozen windows {base['frozen']:.3f}, backwards {base['backwards']:.3f}, "
+          f"skating {base.get('skate', float('nan')):.3f} m/s")
     for task in tasks:
         t0 = time.perf_counter()
         result = {"joystick": joystick, "target": target, "path": path}[task](model, args.seed)

@@ -106,7 +106,7 @@ def test_rewards_prefer_doing_the_task(model_dir):
     r = task.reward(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), raw)  # 135 degrees off either way: linear
     assert r == pytest.approx(np.exp([-1.5, -1.5]))
 
-    env = ControlEnv("target", OnnxStepper(load_model(model_dir), CPU), 3)
+    env = ControlEnv("target", OnnxStepper(load_model(model_dir), CPU), 3, TaskConfig(target_hold=0.0))
     env.reset()
     task = env.task
     task.target[:] = [[0, 5], [0, -5], [0, 0.15]]
@@ -139,6 +139,24 @@ def test_rewards_prefer_doing_the_task(model_dir):
              env.task.reward(np.zeros((3, 3)), back, np.zeros(3), None)]
     toward = 0.1 * env.chars.fps / env.config.path_pace_mps
     assert steps[0][2] == pytest.approx(toward, rel=0.05) and steps[1][2] == pytest.approx(-toward, rel=0.05)
+
+
+def test_a_held_target_pays_for_standing_on_it(model_dir):
+    """After an arrival the target may stay put: standing on it pays, stepping off costs, then a new one comes."""
+    env = ControlEnv("target", OnnxStepper(load_model(model_dir), CPU), 2, TaskConfig(target_hold=1.0), seed=1)
+    env.reset()
+    task, frame = env.task, np.zeros((2, env.chars.frame_size))
+    task.target[:] = [[0, 0.1], [0, 0.1]]
+    still, off = np.zeros((2, 3)), np.array([[0, 0, 0], [0, 0, -0.05]])
+    r = task.reward(still, still, np.zeros(2), frame)
+    assert r == pytest.approx([env.config.target_bonus] * 2) and task.target[:, 1] == pytest.approx([0.1, 0.1])
+    lo, hi = np.round(np.array(env.config.target_hold_s) * env.chars.fps)
+    assert np.all((task.hold >= lo) & (task.hold <= hi)) and task.reached.tolist() == [1, 1]
+    r = task.reward(still, off, np.zeros(2), frame)  # one stays on the mark, the other steps 5 cm off it
+    assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(1.0 - 0.05 * env.chars.fps)
+    task.hold[:] = 1
+    task.reward(off, off, np.zeros(2), frame)  # the last held step: no second bonus, then new targets
+    assert task.reached.tolist() == [1, 1] and np.all(np.linalg.norm(task.target - off[:, [0, 2]], axis=1) >= 1.0)
 
 
 def test_skating_penalty_is_the_evaluators_foot_sliding(model_dir):
@@ -380,12 +398,12 @@ def test_a_resumed_run_keeps_the_reward_it_was_trained_on(model_dir, tmp_path):
     stepper = OnnxStepper(load_model(model_dir), CPU)
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.5 and config.skate_weight == 1.0
-    assert config.target_facing == 1.0
-    for key in ("heading_linear", "path_approach", "skate_weight", "target_facing"):  # a run from before these terms
-        del state["env"][key]
+    assert config.target_facing == 1.0 and config.target_hold == 0.5
+    for key in ("heading_linear", "path_approach", "skate_weight", "target_facing", "target_hold", "target_hold_s"):
+        del state["env"][key]  # a run from before these terms
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.0 and config.skate_weight == 0.0
-    assert config.target_facing == 0.0
+    assert config.target_facing == 0.0 and config.target_hold == 0.0
 
 
 def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):

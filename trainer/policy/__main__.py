@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-facing", type=float, default=TaskConfig.target_facing,
                    help="target: weight of the discount on progress made while not facing the target "
                         "(default %(default)s)")
+    p.add_argument("--target-hold", type=float, default=TaskConfig.target_hold,
+                   help="target: share of arrivals after which the target stays put for 1-5 s (default %(default)s)")
     p.add_argument("--init-policy", help="start the actor from an exported policy-<task>.onnx (its critic is new)")
     p.add_argument("--critic-warmup", type=int,
                    help="first updates that train only the critic (default 8 with --init-policy, else 0)")
@@ -95,7 +97,7 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
                     action_scale=args.action_scale, init_log_std=args.init_log_std, critic_warmup=warmup)
     env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight,
                      heading_linear=args.heading == "linear", path_approach=args.path_approach,
-                     target_facing=args.target_facing)
+                     target_facing=args.target_facing, target_hold=args.target_hold)
     trainer = make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
                                      ppo, env), stepper)
     if args.init_policy:

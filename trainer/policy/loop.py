@@ -86,8 +86,11 @@ def restore(state: dict, stepper: Stepper, steps: int | None = None, checkpoint_
     """A trainer continued from a checkpoint (steps: a new total, if given)."""
     # Runs from before a reward term (skating, closing in on the path, the linear heading, facing the target)
     # continue with the reward they were trained on.
-    old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0}
-    env = TaskConfig(**{**old_rewards, **state["env"], "path_size_m": tuple(state["env"]["path_size_m"])})
+    old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0,
+                   "target_hold": 0.0}
+    saved = {**old_rewards, **state["env"]}
+    env = TaskConfig(**{**saved, "path_size_m": tuple(saved["path_size_m"]),
+                        "target_hold_s": tuple(saved.get("target_hold_s", TaskConfig.target_hold_s))})
     config = RunConfig(state["task"], steps or state["steps"], state["seed"], checkpoint_every_s,
                        PPOConfig(**state["ppo"]), env)
     trainer = make_trainer(config, stepper)

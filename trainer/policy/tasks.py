@@ -8,8 +8,9 @@ from the commanded direction (the reference derives it from the speed, a bug), a
 skating: without that term a policy finds latents that slide planted feet twice as fast as random walking.
 Joystick and path subtract it; the target task scales its progress by exp(-skating) instead, because there a
 subtracted penalty about as large as the progress itself taught policies to dawdle; it also discounts progress
-made while not facing the target, which taught them to glide backwards. The path task also pays for closing
-in on the path, so that characters that wander off learn to come back.
+made while not facing the target, which taught them to glide backwards, and after some arrivals keeps the
+target a while, paying for standing on it. The path task also pays for closing in on the path, so that
+characters that wander off learn to come back.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class TaskConfig:
     skate_weight: float = 1.0  # per m/s of horizontal foot speed while the frame says the foot is planted
     heading_linear: bool = True  # joystick: heading term -2|error|/pi instead of the reference's cos(error) - 1
     target_facing: float = 1.0  # target: progress is discounted by exp(-weight x 2|angle to the target|/pi)
+    target_hold: float = 0.5  # target: share of arrivals after which the target stays put (see TargetTask)
+    target_hold_s: tuple[float, float] = (1.0, 5.0)  # how long it stays, drawn uniformly, seconds
 
     def runtime(self, task: str) -> dict:
         """The parameters the runtime and benchmarks need for a task."""
@@ -57,7 +60,8 @@ class TaskConfig:
 
     def reward(self) -> dict:
         """The reward terms' settings, recorded with an exported policy."""
-        keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "path_approach", "target_facing")
+        keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "path_approach", "target_facing",
+                "target_hold", "target_hold_s")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -200,7 +204,12 @@ class JoystickTask(Task):
 
 
 class TargetTask(Task):
-    """Walk to a point; on arrival a bonus and a new point. Progress rewarded, joint speed penalised."""
+    """Walk to a point; on arrival a bonus, then a new point, or after some arrivals stand on it a while first.
+
+    Progress is rewarded and joint speed penalised. While a reached target is held, each step on it pays
+    exp(-skating) and stepping off costs the distance lost, so that a character told to stay on its mark
+    stands there instead of circling it (the runtime holds a target for as long as the user does).
+    """
 
     name = "target"
 
@@ -208,9 +217,11 @@ class TargetTask(Task):
         super().__init__(chars, config)
         self.target = np.zeros((self.n, 2))
         self.reached = np.zeros(self.n, np.int64)
+        self.hold = np.zeros(self.n, np.int64)  # steps left standing on a reached target (0: walking to it)
 
     def reset(self, idx, origin, yaw):
         self.reached[idx] = 0
+        self.hold[idx] = 0
         self._new_target(idx, origin)
 
     def _new_target(self, idx: np.ndarray, origin: np.ndarray) -> None:
@@ -227,19 +238,29 @@ class TargetTask(Task):
         d_now = np.linalg.norm(self.target - origin[:, [0, 2]], axis=1)
         vel = raw[:, self.chars.stepper.model.layout.slice("velocities")]
         energy = c.energy_weight * (vel.reshape(self.n, -1, 3) ** 2).sum(-1).mean(-1)
-        arrived = d_now < c.target_radius_m
+        near = d_now < c.target_radius_m
+        holding = self.hold > 0
+        arrived = near & ~holding
         progress = (d_before - d_now) * self.chars.fps
         # Skating and facing away discount progress but never make walking away look better. Without the facing
         # term policies reach targets behind them by sliding backwards on planted feet rather than turning.
         to_target = self.target - origin[:, [0, 2]]
         facing = np.abs(wrap_angle(yaw - np.arctan2(to_target[:, 0], to_target[:, 1])))
         discount = np.exp(-self.skate_cost() - c.target_facing * 2.0 / np.pi * facing)
-        progress = np.where(progress > 0, progress * discount, progress)
-        r = progress + c.target_bonus * arrived - energy
+        walk = np.where(progress > 0, progress * discount, progress)
+        stay = np.where(near, np.exp(-self.skate_cost()), 0.0) + np.minimum(progress, 0.0)
+        r = np.where(holding, stay, walk) + c.target_bonus * arrived - energy
+        self.hold[holding] -= 1
+        due = [np.flatnonzero(holding & (self.hold == 0))]  # held long enough
         hit = np.flatnonzero(arrived)
         if hit.size:
             self.reached[hit] += 1
-            self._new_target(hit, origin)
+            held = self.rng.random(hit.size) < c.target_hold
+            self.hold[hit[held]] = np.round(self.rng.uniform(*c.target_hold_s, held.sum()) * self.chars.fps)
+            due.append(hit[~held])
+        due = np.concatenate(due)
+        if due.size:
+            self._new_target(due, origin)
         return r
 
 
