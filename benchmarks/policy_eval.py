@@ -4,7 +4,8 @@ Joystick: 200 random commands (speeds from the policy's training range), each he
     when the heading comes within 20 degrees of it within 2 s and the speed (over 0.5 s) within 25% of it
     (at least 0.1 m/s) within 3 s. Target: 100 random targets 1-10 m away, reached within the policy's
     radius in under 15 s, then told to stay there (the share of the time after arriving spent within the
-    radius is reported). Path: mean distance to a figure-eight (8 m x 4 m) over 60 s.
+    radius is reported; frozen windows count on the way only). Path: mean distance to a figure-eight
+    (8 m x 4 m) over 60 s.
 Motion quality under control against random latents: frozen 2 s windows, foot skating (horizontal foot
 speed while in contact) as a ratio to random walking on the same model ("comparable" is at most 1.25x), and
 the share of moving frames spent walking backwards.
@@ -49,13 +50,15 @@ class Recorder:
         """Keep the latest raw frame of every character."""
         self.frames.append(ctrl.features())
 
-    def quality(self, model: MotionModel) -> dict[str, float]:
-        """Frozen-window fraction and mean foot skating (m/s, feet in contact)."""
+    def quality(self, model: MotionModel, until: np.ndarray | None = None) -> dict[str, float]:
+        """Frozen-window fraction (windows ending before step until[i] only, if given) and mean foot skating."""
         f = np.stack(self.frames, axis=1)  # (N, T, F)
         q = frame_quantities(f[:, :-1], f[:, 1:], model.layout, model.fps)
         width = int(FREEZE_SECONDS * model.fps)
         still = frozen(window_means(q["root_speed"], width), window_means(q["pose_speed"], width))
-        out = {"frozen": float(still.mean())}
+        ends = (np.arange(still.shape[1]) + 1) * width + 1  # frames[k] is after step k + 1
+        counted = np.ones_like(still) if until is None else ends[None, :] <= np.asarray(until)[:, None]
+        out = {"frozen": float(still[counted].mean()) if counted.any() else 0.0}
         # Moving against its facing: the locomotion data walks forwards, so backing up is a glide the policy found.
         root = f[:, 1:, model.layout.slice("root")]
         moving = q["root_speed"] > BACKWARDS_MIN_SPEED
@@ -117,8 +120,10 @@ def target(model: MotionModel, seed: int) -> dict:
         reached[near & ~arrived] = (t + 1) / fps
     share = float(np.isfinite(reached).mean())
     stays = on_mark[after > 0].sum() / after[after > 0].sum() if (after > 0).any() else None
+    # Standing on a reached target is the task, not freezing: only windows on the way count as frozen.
     return {"targets": n, "reached": share, "median_s": float(np.median(reached[np.isfinite(reached)]))
-            if share else None, "pass": share >= 0.95, "stays_on_target": stays, **rec.quality(model)}
+            if share else None, "pass": share >= 0.95, "stays_on_target": stays,
+            **rec.quality(model, until=np.where(np.isfinite(reached), reached * fps, np.inf))}
 
 
 def path(model: MotionModel, seed: int) -> dict:
