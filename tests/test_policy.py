@@ -105,6 +105,10 @@ def test_rewards_prefer_doing_the_task(model_dir):
     task.direction[:] = [[np.sin(0.75 * np.pi), np.cos(0.75 * np.pi)], [np.sin(-0.75 * np.pi), np.cos(-0.75 * np.pi)]]
     r = task.reward(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), raw)  # 135 degrees off either way: linear
     assert r == pytest.approx(np.exp([-1.5, -1.5]))
+    task.direction[:] = [[0, 1], [0, 1]]
+    task.speed[:] = [2.0, 0.5]  # 1 m/s walked: 1 m/s too slow costs 1 at 2 m/s, 0.5 m/s too fast 1 at 0.5 m/s
+    r = task.reward(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), raw)
+    assert r == pytest.approx(np.exp([-1.0, -1.0]))
 
     env = ControlEnv("target", OnnxStepper(load_model(model_dir), CPU), 3, TaskConfig(target_hold=0.0))
     env.reset()
@@ -398,12 +402,13 @@ def test_a_resumed_run_keeps_the_reward_it_was_trained_on(model_dir, tmp_path):
     stepper = OnnxStepper(load_model(model_dir), CPU)
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.5 and config.skate_weight == 1.0
-    assert config.target_facing == 1.0 and config.target_hold == 0.5
-    for key in ("heading_linear", "path_approach", "skate_weight", "target_facing", "target_hold", "target_hold_s"):
+    assert config.target_facing == 1.0 and config.target_hold == 0.5 and config.speed_relative_below == 1.0
+    for key in ("heading_linear", "path_approach", "skate_weight", "target_facing", "target_hold", "target_hold_s",
+                "speed_relative_below"):
         del state["env"][key]  # a run from before these terms
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.0 and config.skate_weight == 0.0
-    assert config.target_facing == 0.0 and config.target_hold == 0.0
+    assert config.target_facing == 0.0 and config.target_hold == 0.0 and config.speed_relative_below == 0.0
 
 
 def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):

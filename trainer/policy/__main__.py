@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heading", choices=("linear", "cosine"),
                    default="linear" if TaskConfig.heading_linear else "cosine",
                    help="joystick heading term: -2|error|/pi or the reference's cos(error) - 1 (default %(default)s)")
+    p.add_argument("--speed-relative-below", type=float, default=TaskConfig.speed_relative_below,
+                   help="joystick: speed errors of slower commands count relative to this speed, m/s; 0 gives the "
+                        "reference's error in m/s (default %(default)s)")
     p.add_argument("--path-approach", type=float, default=TaskConfig.path_approach,
                    help="path: weight of the reward for closing in on the path (default %(default)s)")
     p.add_argument("--target-facing", type=float, default=TaskConfig.target_facing,
@@ -97,7 +100,8 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
                     action_scale=args.action_scale, init_log_std=args.init_log_std, critic_warmup=warmup)
     env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight,
                      heading_linear=args.heading == "linear", path_approach=args.path_approach,
-                     target_facing=args.target_facing, target_hold=args.target_hold)
+                     target_facing=args.target_facing, target_hold=args.target_hold,
+                     speed_relative_below=args.speed_relative_below)
     trainer = make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
                                      ppo, env), stepper)
     if args.init_policy:

@@ -87,7 +87,7 @@ def restore(state: dict, stepper: Stepper, steps: int | None = None, checkpoint_
     # Runs from before a reward term (skating, closing in on the path, the linear heading, facing the target)
     # continue with the reward they were trained on.
     old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0,
-                   "target_hold": 0.0}
+                   "target_hold": 0.0, "speed_relative_below": 0.0}
     saved = {**old_rewards, **state["env"]}
     env = TaskConfig(**{**saved, "path_size_m": tuple(saved["path_size_m"]),
                         "target_hold_s": tuple(saved.get("target_hold_s", TaskConfig.target_hold_s))})

@@ -48,6 +48,7 @@ class TaskConfig:
     path_approach: float = 1.0  # weight of the reward for closing in on the path (see PathTask.reward)
     skate_weight: float = 1.0  # per m/s of horizontal foot speed while the frame says the foot is planted
     heading_linear: bool = True  # joystick: heading term -2|error|/pi instead of the reference's cos(error) - 1
+    speed_relative_below: float = 1.0  # joystick: speed errors of commands slower than this count relative to it
     target_facing: float = 1.0  # target: progress is discounted by exp(-weight x 2|angle to the target|/pi)
     target_hold: float = 0.5  # target: share of arrivals after which the target stays put (see TargetTask)
     target_hold_s: tuple[float, float] = (1.0, 5.0)  # how long it stays, drawn uniformly, seconds
@@ -60,8 +61,8 @@ class TaskConfig:
 
     def reward(self) -> dict:
         """The reward terms' settings, recorded with an exported policy."""
-        keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "path_approach", "target_facing",
-                "target_hold", "target_hold_s")
+        keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "speed_relative_below",
+                "path_approach", "target_facing", "target_hold", "target_hold_s")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -195,7 +196,11 @@ class JoystickTask(Task):
             heading = -2.0 / np.pi * np.abs(wrap_angle(heading_error))
         else:
             heading = np.cos(heading_error) - 1.0
-        r = np.exp(heading - np.abs(speed - self.speed)) - self.skate_cost()
+        # The reference's error in m/s lets a policy walk a 0.5 m/s command at 0.8 m/s for a small cost; below
+        # speed_relative_below the error is scaled up, so that 25% too fast costs what it does at that speed
+        # (at most 4x, so that a command to stand still does not make every sway ruinous).
+        relative = np.clip(self.config.speed_relative_below / np.maximum(self.speed, 1e-6), 1.0, 4.0)
+        r = np.exp(heading - relative * np.abs(speed - self.speed)) - self.skate_cost()
         self.timer -= 1
         due = np.flatnonzero(self.timer <= 0)
         if due.size:
