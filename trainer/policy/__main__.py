@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target: weight of the discount on progress made while not facing the target "
                         "(default %(default)s)")
     p.add_argument("--target-hold", type=float, default=TaskConfig.target_hold,
-                   help="target: share of arrivals after which the target stays put for 1-5 s (default %(default)s)")
+                   help="target: share of arrivals after which the target stays put for %g-%g s (default %%(default)s)"
+                        % TaskConfig.target_hold_s)
     p.add_argument("--init-policy", help="start the actor from an exported policy-<task>.onnx (its critic is new)")
     p.add_argument("--critic-warmup", type=int,
                    help="first updates that train only the critic (default 8 with --init-policy, else 0)")

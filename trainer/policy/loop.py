@@ -15,7 +15,7 @@ from runtime.preview import save_figure
 
 from .ppo import ActorCritic, PPOConfig, gae, ppo_update
 from .stepper import PolicyError, Stepper
-from .tasks import ControlEnv, TaskConfig
+from .tasks import EARLIER_REWARD, ControlEnv, TaskConfig
 
 CHECKPOINT = "policy.pt"
 FORMAT = "motionvae-policy-checkpoint"
@@ -84,13 +84,9 @@ def read(run_dir: Path) -> dict:
 
 def restore(state: dict, stepper: Stepper, steps: int | None = None, checkpoint_every_s: float = 120.0) -> Trainer:
     """A trainer continued from a checkpoint (steps: a new total, if given)."""
-    # Runs from before a reward term (skating, closing in on the path, the linear heading, facing the target)
-    # continue with the reward they were trained on.
-    old_rewards = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0,
-                   "target_hold": 0.0, "speed_relative_below": 0.0}
-    saved = {**old_rewards, **state["env"]}
-    env = TaskConfig(**{**saved, "path_size_m": tuple(saved["path_size_m"]),
-                        "target_hold_s": tuple(saved.get("target_hold_s", TaskConfig.target_hold_s))})
+    # Runs from before a reward term continue with the reward they were trained on.
+    saved = {**EARLIER_REWARD, **state["env"]}
+    env = TaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     config = RunConfig(state["task"], steps or state["steps"], state["seed"], checkpoint_every_s,
                        PPOConfig(**state["ppo"]), env)
     trainer = make_trainer(config, stepper)

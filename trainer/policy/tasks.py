@@ -66,6 +66,17 @@ class TaskConfig:
         return {k: asdict(self)[k] for k in keys}
 
 
+# The settings that give each reward term's earlier form (most of them the reference's): a checkpoint written
+# before a term existed resumes with these.
+EARLIER_REWARD = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0,
+                  "target_hold": 0.0, "speed_relative_below": 0.0}
+
+
+def heading_error(yaw: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """|angle| (N,) in [0, pi] between headings yaw (N,) and world directions (N, 2) as (x, z)."""
+    return np.abs(wrap_angle(yaw - np.arctan2(direction[:, 0], direction[:, 1])))
+
+
 def observation_blocks(task: str, frame_size: int) -> list[list]:
     """The observation's block table [[name, start, stop], ...]: the frame, then the task's features."""
     blocks, start = [["frame", 0, frame_size]], frame_size
@@ -189,13 +200,10 @@ class JoystickTask(Task):
         root = raw[:, :3]
         speed = np.hypot(root[:, 0], root[:, 1]) * self.chars.fps
         # The angle error is between the character's heading and the commanded direction itself.
-        heading_error = yaw - np.arctan2(self.direction[:, 0], self.direction[:, 1])
+        error = heading_error(yaw, self.direction)
         # cos(error) - 1 is flat near a half turn, so it barely tells a character facing away which way to turn;
         # the linear term agrees with it at 0 and 180 degrees and pulls equally hard all the way round.
-        if self.config.heading_linear:
-            heading = -2.0 / np.pi * np.abs(wrap_angle(heading_error))
-        else:
-            heading = np.cos(heading_error) - 1.0
+        heading = -2.0 / np.pi * error if self.config.heading_linear else np.cos(error) - 1.0
         # The reference's error in m/s lets a policy walk a 0.5 m/s command at 0.8 m/s for a small cost; below
         # speed_relative_below the error is scaled up, so that 25% too fast costs what it does at that speed
         # (at most 4x, so that a command to stand still does not make every sway ruinous).
@@ -249,11 +257,10 @@ class TargetTask(Task):
         progress = (d_before - d_now) * self.chars.fps
         # Skating and facing away discount progress but never make walking away look better. Without the facing
         # term policies reach targets behind them by sliding backwards on planted feet rather than turning.
-        to_target = self.target - origin[:, [0, 2]]
-        facing = np.abs(wrap_angle(yaw - np.arctan2(to_target[:, 0], to_target[:, 1])))
-        discount = np.exp(-self.skate_cost() - c.target_facing * 2.0 / np.pi * facing)
-        walk = np.where(progress > 0, progress * discount, progress)
-        stay = np.where(near, np.exp(-self.skate_cost()), 0.0) + np.minimum(progress, 0.0)
+        skate = self.skate_cost()
+        facing = heading_error(yaw, self.target - origin[:, [0, 2]])
+        walk = np.where(progress > 0, progress * np.exp(-skate - c.target_facing * 2.0 / np.pi * facing), progress)
+        stay = np.where(near, np.exp(-skate), 0.0) + np.minimum(progress, 0.0)
         r = np.where(holding, stay, walk) + c.target_bonus * arrived - energy
         self.hold[holding] -= 1
         due = [np.flatnonzero(holding & (self.hold == 0))]  # held long enough
