@@ -163,6 +163,21 @@ def test_a_held_target_pays_for_standing_on_it(model_dir):
     assert task.reached.tolist() == [1, 1] and np.all(np.linalg.norm(task.target - off[:, [0, 2]], axis=1) >= 1.0)
 
 
+def test_half_turn_commands_turn_away_from_where_each_character_faces(model_dir):
+    from trainer.policy.tasks import heading_error
+
+    n = 2000
+    yaw = np.random.default_rng(3).uniform(-np.pi, np.pi, n)
+    errors = {}
+    for share in (0.0, 0.5, 1.0):
+        env = ControlEnv("joystick", OnnxStepper(load_model(model_dir), CPU), n, TaskConfig(half_turns=share))
+        env.task.reset(np.arange(n), np.zeros((n, 3)), yaw)
+        errors[share] = heading_error(yaw, env.task.direction)
+    assert np.all(errors[1.0] >= 0.75 * np.pi - 1e-9)
+    half = {share: float((e >= 0.75 * np.pi).mean()) for share, e in errors.items()}
+    assert half[0.0] == pytest.approx(0.25, abs=0.03) and half[0.5] == pytest.approx(0.625, abs=0.04)
+
+
 def test_skating_penalty_is_the_evaluators_foot_sliding(model_dir):
     """The reward pays weight x (planted x horizontal foot speed), measured as trainer.evaluate measures it."""
     model = load_model(model_dir)
@@ -396,19 +411,21 @@ def test_command_line_trains_resumes_and_exports(model_dir, tmp_path, capsys):
 def test_a_resumed_run_keeps_the_reward_it_was_trained_on(model_dir, tmp_path):
     run = tmp_path / "run"
     args = ["joystick", "--model", str(model_dir), "--run-dir", str(run), "--envs", "8", "--horizon", "16", "-q",
-            "--no-export", "--steps", "128", "--heading", "cosine", "--path-approach", "0.5"]
+            "--no-export", "--steps", "128", "--heading", "cosine", "--path-approach", "0.5", "--half-turns", "0.3"]
     assert policy_main(args) == 0
     state = read(run)
     stepper = OnnxStepper(load_model(model_dir), CPU)
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.5 and config.skate_weight == 1.0
     assert config.target_facing == 1.0 and config.target_hold == 0.5 and config.speed_relative_below == 1.0
+    assert config.half_turns == 0.3
     for key in ("heading_linear", "path_approach", "skate_weight", "target_facing", "target_hold", "target_hold_s",
-                "speed_relative_below"):
+                "speed_relative_below", "half_turns"):
         del state["env"][key]  # a run from before these terms
     config = restore(state, stepper).env.config
     assert not config.heading_linear and config.path_approach == 0.0 and config.skate_weight == 0.0
     assert config.target_facing == 0.0 and config.target_hold == 0.0 and config.speed_relative_below == 0.0
+    assert config.half_turns == 0.0
 
 
 def test_bake_follows_a_control_file(policy_model, model_dir, tmp_path, capsys):

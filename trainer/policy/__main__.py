@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-relative-below", type=float, default=TaskConfig.speed_relative_below,
                    help="joystick: speed errors of slower commands count relative to this speed, m/s; 0 gives the "
                         "reference's error in m/s (default %(default)s)")
+    p.add_argument("--half-turns", type=float, default=TaskConfig.half_turns,
+                   help="joystick: share of commands drawn turning 135-180 degrees from the character's heading, "
+                        "beside the uniform ones (default %(default)s)")
     p.add_argument("--path-approach", type=float, default=TaskConfig.path_approach,
                    help="path: weight of the reward for closing in on the path (default %(default)s)")
     p.add_argument("--target-facing", type=float, default=TaskConfig.target_facing,
@@ -88,6 +91,8 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
         raise PolicyError("--envs, --horizon, --epochs, --minibatch and --steps must be at least 1")
     if not 0 <= args.speed_min <= args.speed_max:
         raise PolicyError("--speed-min and --speed-max must satisfy 0 <= min <= max")
+    if not 0 <= args.half_turns <= 1:
+        raise PolicyError("--half-turns is a share: between 0 and 1")
     stepper = make_stepper(args.model, args.vae_run, resolve_device(args.device))
     if args.resume or args.export_only:
         state = read(run_dir)
@@ -102,7 +107,7 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
     env = TaskConfig(speed_min=args.speed_min, speed_max=args.speed_max, skate_weight=args.skate_weight,
                      heading_linear=args.heading == "linear", path_approach=args.path_approach,
                      target_facing=args.target_facing, target_hold=args.target_hold,
-                     speed_relative_below=args.speed_relative_below)
+                     speed_relative_below=args.speed_relative_below, half_turns=args.half_turns)
     trainer = make_trainer(RunConfig(args.task, args.steps or RunConfig.steps, args.seed, args.checkpoint_every,
                                      ppo, env), stepper)
     if args.init_policy:

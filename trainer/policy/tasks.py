@@ -37,6 +37,7 @@ class TaskConfig:
     speed_max: float = 2.0
     command_min_s: float = 2.0  # a new joystick command after a random interval in [min, max] seconds
     command_max_s: float = 6.0
+    half_turns: float = 0.0  # joystick: share of commands turning 135-180 degrees from the character's heading
     target_min_m: float = 1.0  # new targets are this far from the character
     target_max_m: float = 10.0
     target_radius_m: float = 0.5  # reached within this distance: bonus, then a new target
@@ -62,14 +63,14 @@ class TaskConfig:
     def reward(self) -> dict:
         """The reward terms' settings, recorded with an exported policy."""
         keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "speed_relative_below",
-                "path_approach", "target_facing", "target_hold", "target_hold_s")
+                "half_turns", "path_approach", "target_facing", "target_hold", "target_hold_s")
         return {k: asdict(self)[k] for k in keys}
 
 
 # The settings that give each reward term's earlier form (most of them the reference's): a checkpoint written
 # before a term existed resumes with these.
 EARLIER_REWARD = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0,
-                  "target_hold": 0.0, "speed_relative_below": 0.0}
+                  "target_hold": 0.0, "speed_relative_below": 0.0, "half_turns": 0.0}
 
 
 def heading_error(yaw: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -188,6 +189,11 @@ class JoystickTask(Task):
 
     def reset(self, idx, origin, yaw):
         angle = self.rng.uniform(-np.pi, np.pi, len(idx))
+        # Uniform directions turn 135-180 degrees only a quarter of the time, and half turns at speed are what
+        # policies learn last; half_turns draws that many more of them, relative to where each one faces.
+        turn = self.rng.random(len(idx)) < self.config.half_turns
+        side = self.rng.choice((-1.0, 1.0), turn.sum())
+        angle[turn] = yaw[idx][turn] + side * self.rng.uniform(0.75 * np.pi, np.pi, turn.sum())
         self.direction[idx] = np.stack([np.sin(angle), np.cos(angle)], axis=-1)  # heading angle, 0 = +Z
         self.speed[idx] = self.rng.uniform(self.config.speed_min, self.config.speed_max, len(idx))
         c = self.config
