@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from runtime.controller import Controller  # noqa: E402
-from runtime.model import load_model  # noqa: E402
+from runtime.model import PROVIDERS, load_model, onnx_session  # noqa: E402
 
 
 def timed(fns: dict[str, Callable[[], object]], min_seconds: float = 0.5, min_rounds: int = 5) -> dict[str, float]:
@@ -72,13 +72,11 @@ def reference_decoder(decoder, latent: int):
 def decoder_session(model, threads: int):
     """The step graph cut down to its decoder (z, condition -> next_frame), in onnxruntime."""
     import onnx
-    import onnxruntime as ort
 
-    graph = onnx.utils.Extractor(onnx.load(str(model.path / "decoder.onnx"))).extract_model(
-        ["z", "condition"], ["next_frame"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(graph.SerializeToString(), opts, providers=model.providers)
+    path = model.path / "decoder.onnx"
+    graph = onnx.utils.Extractor(onnx.load(str(path))).extract_model(["z", "condition"], ["next_frame"])
+    providers = "cuda" if PROVIDERS["cuda"] in model.providers else "cpu"
+    return onnx_session(path, providers, threads, graph.SerializeToString())[0]
 
 
 def main() -> int:

@@ -150,8 +150,11 @@ def checked_file(folder: Path, meta: dict, name: str) -> Path:
     return path
 
 
-def onnx_session(path: Path, providers: str, threads: int) -> tuple[object, list[str]]:
-    """An onnxruntime session of an ONNX file and the providers it really uses (providers: cpu, cuda or auto)."""
+def onnx_session(path: Path, providers: str, threads: int, graph: bytes | None = None) -> tuple[object, list[str]]:
+    """An onnxruntime session of an ONNX file (or of graph, named by it) and the providers it really uses.
+
+    providers: cpu, cuda or auto.
+    """
     import onnxruntime as ort
 
     if providers not in ("cpu", "cuda", "auto"):
@@ -167,7 +170,7 @@ def onnx_session(path: Path, providers: str, threads: int) -> tuple[object, list
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        sess = ort.InferenceSession(str(path) if graph is None else graph, sess_options=opts, providers=wanted)
     except Exception as e:  # onnxruntime raises its own exception types for bad graphs
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
         raise model_error(path, f"not a loadable ONNX model ({first})") from None
