@@ -86,6 +86,15 @@ def test_cli_end_to_end_writes_logs_plot_and_checkpoint(workdir):
     assert loaded.start_frames.shape[1:] == (1, frame)
     assert loaded.normaliser.kind == "zscore"
     assert "examples:" in build_parser().format_help()
+    model = workdir / "e2e-model"
+    for again in (False, True):  # the second export replaces a directory that has gained a policy meanwhile
+        done = run_module("trainer.export", str(run), "--out", str(model))
+        assert done.returncode == 0, done.stderr
+        meta = json.loads((model / "model.json").read_text())
+        assert not meta.get("policies") and ("note:" in done.stdout) == again
+        meta["policies"] = {"joystick": {}}
+        (model / "model.json").write_text(json.dumps(meta))
+    assert "held policy-joystick; an export writes the new decoder alone" in done.stdout
 
 
 def test_killed_run_resumes_to_the_same_result(workdir):

@@ -153,6 +153,18 @@ def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence
     return diff
 
 
+def superseded(out: str | Path) -> list[str]:
+    """What a model directory holds beside its decoder (policies, a tokenizer), which an export over it drops."""
+    try:
+        meta = json.loads((Path(out) / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(meta, dict):
+        return []
+    found = [f"policy-{task}" for task in meta.get("policies") or {}]
+    return found + (["tokenizer"] if meta.get("tokenizer") else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n")[0],
@@ -167,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
     args = build_parser().parse_args(argv)
+    dropped = superseded(args.out)
     try:
         diff = export(args.run, args.out, args.name, args.licence)
     except (CheckpointError, ModelError) as e:
@@ -174,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"exported {args.run} -> {args.out}: onnxruntime vs torch max difference {diff:.2e} "
           f"over a {VERIFY_STEPS}-step rollout (tolerance {VERIFY_TOLERANCE:g})")
+    if dropped:
+        # Policies steer the old decoder's latents, so keeping them would give characters that walk wrong.
+        print(f"note: {args.out} held {', '.join(dropped)}; an export writes the new decoder alone, so train "
+              "and export those again")
     return 0
 
 
