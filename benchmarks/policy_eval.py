@@ -79,10 +79,12 @@ def joystick(model: MotionModel, seed: int) -> dict:
     steps = int(COMMAND_S * fps)
     window = int(SPEED_WINDOW_S * fps)
     heading_ok, speed_ok = np.zeros((per, n), bool), np.zeros((per, n), bool)
+    turn = np.zeros((per, n))  # how far each command turns from where the character faces when it comes
     rec = Recorder()
     for k in range(per):
         control = {"task": "joystick", "direction": np.stack([np.sin(angle[k]), np.cos(angle[k])], -1),
                    "speed": speed[k]}
+        turn[k] = np.abs(wrap_angle(ctrl.state.yaw[:, 0] - angle[k]))
         xz = []
         for t in range(steps):
             ctrl.step(control=control)
@@ -95,8 +97,11 @@ def joystick(model: MotionModel, seed: int) -> dict:
                 v = np.linalg.norm(xz[-1] - xz[-1 - window], axis=1) / SPEED_WINDOW_S
                 speed_ok[k] |= np.abs(v - speed[k]) <= np.maximum(SPEED_TOLERANCE * speed[k], SPEED_FLOOR)
     both = heading_ok & speed_ok
+    # Where the misses are: half turns and the two ends of the speed range are the hard commands.
+    hard = {"half_turns": turn >= np.radians(135), "slow": speed < 1.0, "fast": speed >= 2.0}
+    by_kind = {f"both_{k}": float(both[m].mean()) for k, m in hard.items() if m.any()}
     return {"commands": per * n, "heading": float(heading_ok.mean()), "speed": float(speed_ok.mean()),
-            "both": float(both.mean()), "pass": bool(both.mean() >= 0.9), **rec.quality(model)}
+            "both": float(both.mean()), "pass": bool(both.mean() >= 0.9), **by_kind, **rec.quality(model)}
 
 
 def target(model: MotionModel, seed: int) -> dict:
