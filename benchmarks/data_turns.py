@@ -15,22 +15,27 @@ import sys
 
 import numpy as np
 
-from trainer.data import FramesError, load_frames
+from trainer.data import Frames, FramesError, load_frames
 
 BANDS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, np.inf)  # m/s
 HALF_TURN_DEG = 115.0  # the least turn that brings a 135-degree command within 20 degrees
 
 
-def window_turns(frames, seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """|Heading change| (degrees) and mean root speed (m/s) of every window of that length inside a clip."""
+def root_speed(frames: Frames) -> np.ndarray:
+    """Horizontal root speed of every frame (m/s)."""
     root = frames.data[:, frames.layout.slice("root")]  # per frame: dx, dz (character frame), dyaw
-    speed = np.hypot(root[:, 0], root[:, 1]) * frames.fps
+    return np.hypot(root[:, 0], root[:, 1]) * frames.fps
+
+
+def window_turns(frames: Frames, speed: np.ndarray, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """|Heading change| (degrees) and mean speed (m/s) of every window of that length inside a clip."""
+    dyaw = frames.data[:, frames.layout.slice("root")][:, 2]
     width = int(round(seconds * frames.fps))
     turns, speeds = [], []
     for start, end in zip(frames.clip_starts, frames.end_indices + 1):
         if end - start <= width:
             continue
-        yaw = np.concatenate([[0.0], np.cumsum(root[start:end, 2])])
+        yaw = np.concatenate([[0.0], np.cumsum(dyaw[start:end])])
         run = np.concatenate([[0.0], np.cumsum(speed[start:end])])
         turns.append(np.abs(yaw[width:] - yaw[:-width]))
         speeds.append((run[width:] - run[:-width]) / width)
@@ -50,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except FramesError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    turn, speed = window_turns(frames, args.window)
+    frame_speed = root_speed(frames)
+    turn, speed = window_turns(frames, frame_speed, args.window)
     if not turn.size:
         print(f"error: {args.frames}: no clip is longer than {args.window:g} s", file=sys.stderr)
         return 2
-    root = frames.data[:, frames.layout.slice("root")]
-    pct = np.percentile(np.hypot(root[:, 0], root[:, 1]) * frames.fps, [5, 50, 95])
+    pct = np.percentile(frame_speed, [5, 50, 95])
     print(f"{args.frames}: {frames.n_clips} clips, {len(frames.data) / frames.fps:.0f} s; root speed "
           f"5/50/95th percentile {pct[0]:.2f} / {pct[1]:.2f} / {pct[2]:.2f} m/s")
     print(f"| speed, m/s | {args.window:g} s windows | largest turn | 99th percentile | share >= {HALF_TURN_DEG:g} deg |")

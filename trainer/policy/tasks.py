@@ -61,7 +61,7 @@ class TaskConfig:
         return {k: asdict(self)[k] for k in keys}
 
     def reward(self) -> dict:
-        """The reward terms' settings, recorded with an exported policy."""
+        """The reward terms' settings and the joystick's half-turn share, recorded with an exported policy."""
         keys = ("energy_weight", "target_bonus", "skate_weight", "heading_linear", "speed_relative_below",
                 "half_turns", "path_approach", "target_facing", "target_hold", "target_hold_s")
         return {k: asdict(self)[k] for k in keys}
@@ -70,7 +70,7 @@ class TaskConfig:
 # The settings that give each reward term's earlier form (most of them the reference's): a checkpoint written
 # before a term existed resumes with these.
 EARLIER_REWARD = {"skate_weight": 0.0, "path_approach": 0.0, "heading_linear": False, "target_facing": 0.0,
-                  "target_hold": 0.0, "speed_relative_below": 0.0, "half_turns": 0.0}
+                  "target_hold": 0.0, "speed_relative_below": 0.0}
 
 
 def heading_error(yaw: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -191,9 +191,10 @@ class JoystickTask(Task):
         angle = self.rng.uniform(-np.pi, np.pi, len(idx))
         # Uniform directions turn 135-180 degrees only a quarter of the time, and half turns at speed are what
         # policies learn last; half_turns draws that many more of them, relative to where each one faces.
-        turn = self.rng.random(len(idx)) < self.config.half_turns
-        side = self.rng.choice((-1.0, 1.0), turn.sum())
-        angle[turn] = yaw[idx][turn] + side * self.rng.uniform(0.75 * np.pi, np.pi, turn.sum())
+        if self.config.half_turns:  # drawn only when asked for, so that uniform runs keep their random stream
+            turn = self.rng.random(len(idx)) < self.config.half_turns
+            side = self.rng.choice((-1.0, 1.0), turn.sum())
+            angle[turn] = yaw[idx][turn] + side * self.rng.uniform(0.75 * np.pi, np.pi, turn.sum())
         self.direction[idx] = np.stack([np.sin(angle), np.cos(angle)], axis=-1)  # heading angle, 0 = +Z
         self.speed[idx] = self.rng.uniform(self.config.speed_min, self.config.speed_max, len(idx))
         c = self.config
