@@ -1,33 +1,44 @@
 """Controller: N characters stepped together through the decoder, returning engine-ready poses."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .control import ControlState
 from .features import frame_to_pose
+from .footlock import FootLock, FootLockSettings
 from .model import MotionModel
 
 CHARACTER_SPACING_M = 2.0  # characters start side by side along +X, this far apart
 
 
-@dataclass
 class Poses:
     """One frame of every character: float32 arrays with the character index first.
 
     local_rotations are (x, y, z, w) relative to each parent with the skeleton offsets as rest translations;
     the root's entry is its world rotation. Quaternions keep the previous frame's hemisphere.
+    positions (N, J, 3) are world joint positions; a controller with foot locking computes them from the
+    shown rotations on first use (forward kinematics), so a step that only needs rotations does not pay.
     """
 
-    frame: int
-    root_position: np.ndarray  # (N, 3)
-    root_rotation: np.ndarray  # (N, 4)
-    local_rotations: np.ndarray  # (N, J, 4)
-    positions: np.ndarray  # (N, J, 3) world joint positions
-    contacts: np.ndarray  # (N, C)
-    reset: np.ndarray  # (N,) bool: put back on a start frame by the divergence guard this step
+    def __init__(self, frame: int, root_position: np.ndarray, root_rotation: np.ndarray,
+                 local_rotations: np.ndarray, positions: np.ndarray | Callable[[], np.ndarray],
+                 contacts: np.ndarray, reset: np.ndarray) -> None:
+        self.frame = frame
+        self.root_position = root_position  # (N, 3)
+        self.root_rotation = root_rotation  # (N, 4)
+        self.local_rotations = local_rotations  # (N, J, 4)
+        self._positions = positions
+        self.contacts = contacts  # (N, C)
+        self.reset = reset  # (N,) bool: put back on a start frame by the divergence guard this step
+
+    @property
+    def positions(self) -> np.ndarray:
+        """World joint positions (N, J, 3)."""
+        if callable(self._positions):
+            self._positions = self._positions()
+        return self._positions
 
     def copy(self) -> "Poses":
         """A copy that later steps do not overwrite."""
@@ -51,10 +62,13 @@ class Controller:
     """Steps n_characters through a MotionModel; random latents by default, or given ones.
 
     Each step is one onnxruntime call on pre-bound buffers: two state sets swap roles every step, so the
-    hot path allocates nothing. The arrays of a returned Poses are reused by later steps: copy to keep.
+    decoder allocates nothing. The arrays of a returned Poses are reused by later steps: copy to keep.
+    foot_lock (True or FootLockSettings) pins planted feet in the poses returned (runtime/footlock.py; per
+    character on and off with `foot_lock.enabled`); the model's own state is never changed by it.
     """
 
-    def __init__(self, model: MotionModel, n_characters: int = 1, seed: int | None = None) -> None:
+    def __init__(self, model: MotionModel, n_characters: int = 1, seed: int | None = None,
+                 foot_lock: bool | FootLockSettings = False) -> None:
         if n_characters < 1:
             raise ValueError(f"n_characters must be at least 1, got {n_characters}")
         self.model = model
@@ -73,6 +87,13 @@ class Controller:
         self.home[:, 0] = (np.arange(self.n) - (self.n - 1) / 2) * CHARACTER_SPACING_M
         self.frame = 0
         self._control = ControlState(self.n)
+        self.foot_lock: FootLock | None = None
+        if foot_lock:
+            settings = foot_lock if isinstance(foot_lock, FootLockSettings) else None
+            self.foot_lock = FootLock(model.skeleton, model.layout, self.n, settings)
+            self._shown = self.state.rotations.copy()  # the shown rotations, and the root they hang from
+            self._shown_root = np.zeros((self.n, 3), np.float32)
+            self._shown_positions: np.ndarray | None = None
         self.reset()
 
     def _bind(self, src: _State, dst: _State):
@@ -103,6 +124,16 @@ class Controller:
         idx = np.arange(self.n) if characters is None else np.asarray(characters, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return
+        self._place(idx, start, origin, yaw)
+        if self.foot_lock is not None:
+            self._shown[idx] = self.foot_lock.apply(self.state.rotations[idx], self._positions[idx, 0],
+                                                    self._contacts[idx], idx)
+            self._shown_root[idx] = self._positions[idx, 0]
+            self._shown_positions = None
+
+    def _place(self, idx: np.ndarray, start: int | None, origin: np.ndarray | None,
+               yaw: float | np.ndarray | None) -> None:
+        """reset() without showing the new pose: their foot locks are forgotten, the next step shows it."""
         if np.any(idx < 0) or np.any(idx >= self.n):
             raise IndexError(f"character indices must be in [0, {self.n}), got {idx.tolist()}")
         starts = self.model.start_frames
@@ -122,6 +153,8 @@ class Controller:
         st.rotations[idx] = pose.local_rotations
         self._positions[idx] = pose.positions
         self._contacts[idx] = pose.contacts
+        if self.foot_lock is not None:
+            self.foot_lock.reset(idx)
 
     def _sample_latents(self) -> None:
         self.model.sample_latents(self.rng, self._z)
@@ -159,7 +192,11 @@ class Controller:
             # A diverging character goes back to a start frame where it stood instead of emitting garbage.
             where = np.flatnonzero(self._diverged)
             before = self._states[self._current ^ 1]
-            self.reset(where, origin=before.origin[where], yaw=before.yaw[where, 0])
+            self._place(where, None, before.origin[where], before.yaw[where, 0])
+        if self.foot_lock is not None:
+            self._shown = self.foot_lock.apply(self.state.rotations, self._positions[:, 0], self._contacts)
+            self._shown_root = self._positions[:, 0].copy()
+            self._shown_positions = None
         return self.poses()
 
     def features(self) -> np.ndarray:
@@ -167,7 +204,16 @@ class Controller:
         return self.model.denormalise(self.state.condition[:, -self.model.frame_size:])
 
     def poses(self) -> Poses:
-        """The latest poses (views into the controller's buffers)."""
-        rot = self.state.rotations
-        return Poses(self.frame, self._positions[:, 0], rot[:, 0], rot, self._positions, self._contacts,
+        """The latest poses (views into the controller's buffers); with foot_lock, the locked ones."""
+        if self.foot_lock is None:
+            rot, pos = self.state.rotations, self._positions
+            return Poses(self.frame, pos[:, 0], rot[:, 0], rot, pos, self._contacts, self._diverged)
+        rot = self._shown
+        return Poses(self.frame, self._shown_root, rot[:, 0], rot, self._locked_positions, self._contacts,
                      self._diverged)
+
+    def _locked_positions(self) -> np.ndarray:
+        """World joint positions of the shown (foot-locked) rotations, computed once per frame."""
+        if self._shown_positions is None:
+            self._shown_positions = self.foot_lock.positions(self._shown, self._shown_root)
+        return self._shown_positions

@@ -1,0 +1,300 @@
+"""Foot locking: planted feet held still in the world, each leg solved with analytic two-bone IK.
+
+A stage applied to every step's pose (runtime.controller.Controller(foot_lock=True) runs it), vectorised over
+characters and legs, with state per character. It reads only what the Controller returns (local rotations,
+root position, contacts) and the skeleton and feature layout, and it changes what is shown, never what the
+model is fed next.
+
+Per leg (found from the layout's contact joints: the topmost contact joint of a chain is the ankle, its
+parent the knee, the knee's parent the hip):
+
+- Lock: when the leg's contact (the largest of its contact joints' values) rises to `contact_on`; release
+  when it falls below `contact_off` (hysteresis, so a flickering contact does not chatter).
+- Pin: while locked, the foot's pivot is held still on the ground plane. The pivot is the contact-weighted
+  point of the leg's contact joints, so on a foot with ankle and toe contacts the heel is held while only
+  the heel touches, the ball of the foot while only the toe does (the heel rolls up about it: the
+  ankle-to-toe offset and the foot's world orientation follow the model's). Heights follow the model's, so
+  a contact that comes a frame before the foot lands does not hold it in the air.
+- Solve: hip and knee are turned by analytic two-bone IK so the ankle reaches its held place; the bend plane
+  is the model's own knee's (a hundredth-weight pull toward the foot's direction settles a straight leg),
+  so the knee never flips. The ankle's local rotation is rewritten so the foot keeps the model's world
+  orientation.
+- Release: the correction fades out over `blend_frames` (smoothstep, starting at zero velocity).
+- Reach: past `reach` x (thigh + shin) the hip-to-ankle distance a lock asks for is softly limited (never
+  below the model's own), so the leg neither stretches nor snaps straight; a lock that the limit would keep
+  more than RELEASE_SLIP_M off its place (over-extension) is released early, fading out the same way, and is
+  not taken again until that contact has dropped or the fade has ended.
+- Step: while a release fades, the foot is lifted along an arc peaking at `step_lift` x the distance it
+  catches up, so a foot the model slid far (a standing character that drifts) is re-planted by a small
+  step instead of gliding over the ground.
+- Floor: no contact joint of a leg is shown below `floor_m` (the world ground, y = 0 by default).
+
+The output's local rotations and world positions agree through forward kinematics (positions are FK of the
+output rotations), and bone lengths are the skeleton's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .features import FeatureLayout
+from .posefk import PoseKinematics, matrix_quats, quat_matrices
+from .skeleton import Skeleton
+
+RELEASE_SLIP_M = 0.01  # a lock whose foot the reach limit would move further than this is released
+POLE_PULL = 0.01  # weight of the foot's direction in the knee's bend plane: decides only for a straight leg
+_TOE_NAMES = ("toe", "ball")
+_HORIZONTAL = np.array([1.0, 0.0, 1.0, 1.0])  # held: offset x, (y), offset z, turn
+# A turn about +Y by a: cos(a) * _TURN_COS + sin(a) * _TURN_SIN + _TURN_ONE.
+_TURN_COS = np.diag([1.0, 0.0, 1.0])
+_TURN_SIN = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+_TURN_ONE = np.diag([0.0, 1.0, 0.0])
+# [cos a, sin a, 1] @ _TURN = a turn about +Y by a, flattened; cos(a * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) makes it.
+_COS_SIN_ONE = np.array([[1.0, 1.0, 0.0], [0.0, np.pi / 2, 0.0]])
+_TURN = np.zeros((3, 9))
+_TURN[0, [0, 8]], _TURN[1, 2], _TURN[1, 6], _TURN[2, 4] = 1.0, 1.0, -1.0, 1.0
+_SIN_COS = np.array([np.pi / 2, 0.0])
+# The IK's nine quaternion factors (three per joint, applied last to first): their axes from
+# [n, m] seen from hip's parent, hip and knee, then the knee's view of +Y; their angles from
+# [swing, hip bend, knee bend, held turn] (halved here for the quaternions).
+_FACTOR_AXES = np.array([1, 0, 0, 2, 2, 2, 4, 5, 6])
+_FACTOR_SPINS = 0.5 * np.array([[1, 0, 0, 0, 0, 0, 0, -1, 0], [0, 1, 0, 0, 0, 0, -1, 0, 0],
+                                [0, 0, 0, 1, 0, 0, -1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0, 1]], float)
+# a @ _QUAT_LEFT, reshaped (4, 4), is the matrix of a (x): (a (x) b) = that @ b.
+_QUAT_LEFT = np.zeros((4, 16))
+for _r, _row in enumerate([[(3, 1), (2, -1), (1, 1), (0, 1)], [(2, 1), (3, 1), (0, -1), (1, 1)],
+                           [(1, -1), (0, 1), (3, 1), (2, 1)], [(0, -1), (1, -1), (2, -1), (3, 1)]]):
+    for _c, (_k, _v) in enumerate(_row):
+        _QUAT_LEFT[_k, 4 * _r + _c] = _v
+# Law of cosines, (n, L, now/wanted, hip/knee): (d^2 * sign + top) / (d * bottom[0] + bottom[1]).
+_COSINE_SIGN = np.array([1.0, -1.0])
+# axis @ _SKEW = the cross-product matrix of axis, flattened.
+_SKEW = np.zeros((3, 9))
+_SKEW[2, 1], _SKEW[1, 2], _SKEW[2, 3], _SKEW[0, 5], _SKEW[1, 6], _SKEW[0, 7] = -1, 1, 1, -1, -1, 1
+
+
+@dataclass(frozen=True)
+class FootLockSettings:
+    """The foot lock's thresholds (see the module docstring for what each does)."""
+
+    contact_on: float = 0.6  # a leg locks when its contact rises to this
+    contact_off: float = 0.4  # and releases when it falls below this
+    blend_frames: int = 6  # frames over which a released lock's correction fades out
+    reach: float = 0.97  # fraction of thigh + shin past which a lock's target is softly limited
+    step_lift: float = 0.25  # a release lifts the foot by this times the distance it catches up, at mid-fade
+    floor_m: float = 0.0  # height below which no contact joint is shown
+
+    def __post_init__(self) -> None:
+        if not self.contact_off < self.contact_on:
+            raise ValueError(f"foot lock: contact_off ({self.contact_off}) must be below contact_on ({self.contact_on})")
+        if int(self.blend_frames) != self.blend_frames or self.blend_frames < 1:
+            raise ValueError(f"foot lock: blend_frames must be a whole number of at least 1, got {self.blend_frames}")
+        if not 0.5 <= self.reach < 1.0:
+            raise ValueError(f"foot lock: reach must be in [0.5, 1), got {self.reach}")
+        if not 0.0 <= self.step_lift <= 1.0:
+            raise ValueError(f"foot lock: step_lift must be in [0, 1], got {self.step_lift}")
+        if not np.isfinite(self.floor_m):
+            raise ValueError("foot lock: floor_m must be finite")
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One leg: hip, knee and ankle joints, the joint held still (the toe when there is one), and the leg's
+    contact joints (the ankle first) with their columns in the contacts block."""
+
+    hip: int
+    knee: int
+    ankle: int
+    pin: int
+    feet: tuple[int, ...]
+    columns: tuple[int, ...]
+
+
+def find_legs(skeleton: Skeleton, layout: FeatureLayout) -> list[Leg]:
+    """The legs of a skeleton: each chain of the layout's contact joints, with the two joints above it."""
+    contact = [skeleton.index(n) for n in layout.contact_joints]
+    groups: dict[int, list[int]] = {}
+    for col, j in enumerate(contact):
+        top, k = j, j
+        while k > 0:
+            k = int(skeleton.parents[k])
+            if k in contact:
+                top = k
+        groups.setdefault(top, []).append(col)
+    legs = []
+    for ankle, cols in sorted(groups.items()):
+        knee = int(skeleton.parents[ankle])
+        hip = int(skeleton.parents[knee]) if knee > 0 else 0
+        if knee <= 0 or hip <= 0:
+            continue  # no thigh and shin above this contact joint: nothing to solve
+        cols.sort(key=lambda c: contact[c] != ankle)
+        feet = tuple(contact[c] for c in cols)
+        toes = [j for j in feet[1:] if any(t in skeleton.names[j].lower() for t in _TOE_NAMES)]
+        legs.append(Leg(hip, knee, ankle, (toes or list(feet[1:]) or [ankle])[0], feet, tuple(cols)))
+    return legs
+
+
+class FootLock:
+    """Per-character foot locks over the legs of a skeleton; apply() turns raw poses into locked ones.
+
+    State per character and leg: locked, weight (the share of the held correction shown), and what a lock
+    holds, `held`: the foot moved by (x, z) metres and turned by an angle about the vertical through its
+    pin joint, relative to the model's foot. `enabled` (per character) turns locking on and off.
+    """
+
+    def __init__(self, skeleton: Skeleton, layout: FeatureLayout, n_characters: int,
+                 settings: FootLockSettings | None = None) -> None:
+        self.settings = s = settings or FootLockSettings()
+        self.legs = legs = find_legs(skeleton, layout)
+        self.kinematics = PoseKinematics(skeleton)
+        n, count = n_characters, len(legs)
+        width = max([len(leg.feet) for leg in legs], default=1)
+        # The solve needs only the legs' joints and what they hang from: forward kinematics of that part.
+        points = [[g.hip, g.knee, g.ankle, g.pin] + list(g.feet) for g in legs]
+        needed = {0}
+        for row in points:
+            for j in row:
+                while j > 0 and j not in needed:
+                    needed.add(j)
+                    j = int(skeleton.parents[j])
+        self._chain = np.array(sorted(needed), np.int64)
+        at = {int(j): k for k, j in enumerate(self._chain)}
+        self._chain_fk = PoseKinematics(skeleton.subset(self._chain.tolist()))
+        # Legs with fewer contact joints repeat their ankle: a copy changes neither the contact's max nor the floor.
+        self._points = np.array([[at[j] for j in row + [row[2]] * (width - len(row) + 4)] for row in points],
+                                np.int64).reshape(count, 4 + width)
+        self._columns = np.array([list(g.columns) + [g.columns[0]] * (width - len(g.columns)) for g in legs],
+                                 np.int64).reshape(count, width)
+        chain_parent = self._chain_fk.parent
+        self._frames = np.array([[chain_parent[at[g.hip]], at[g.hip], at[g.knee], at[g.ankle]] for g in legs],
+                                np.int64).reshape(count, 4)
+        self._solved = np.array([[g.hip, g.knee, g.ankle] for g in legs], np.int64).reshape(-1)
+        lengths, rest = skeleton.bone_lengths(), skeleton.rest_positions()
+        thigh = lengths[[g.knee for g in legs]][:, None]
+        shin = lengths[[g.ankle for g in legs]][:, None]
+        span = (thigh + shin)[:, 0]
+        self._soft, self._room = s.reach * span, (1.0 - s.reach) * span
+        self._short, self._long = np.abs(thigh - shin) + 1e-9, thigh + shin - 1e-9
+        # Law of cosines: cos at the hip = (d^2 + t^2 - s^2) / (2 t d), at the knee = (t^2 + s^2 - d^2) / (2 t s).
+        self._cos_top = np.stack([thigh * thigh - shin * shin, thigh * thigh + shin * shin], -1)  # (L, 1, 2)
+        self._cos_bottom = (np.stack([2.0 * thigh, 0.0 * thigh], -1), np.stack([0.0 * thigh, 2.0 * thigh * shin], -1))
+        # The foot's direction in the ankle's frame (at rest all local rotations are identity).
+        foot = np.zeros((count, 3, 1))
+        self._foot_length = np.zeros(count)
+        for i, g in enumerate(legs):
+            kids = skeleton.children[g.ankle]
+            rel = rest[g.pin] - rest[g.ankle] if g.pin != g.ankle else (
+                skeleton.offsets[kids[0]] if kids else np.nan_to_num(skeleton.end_offsets[g.ankle]))
+            self._foot_length[i] = np.linalg.norm(rel)
+            foot[i, :, 0] = rel / max(self._foot_length[i], 1e-9)
+        self._foot = foot
+        # stride = sqrt(held * held @ this): the offset, and the turn times the foot's length.
+        self._stride = np.stack([np.ones(count), np.zeros(count), np.ones(count), self._foot_length ** 2], -1)
+        self.enabled = np.ones(n, bool)
+        self.locked = np.zeros((n, count), bool)
+        self.armed = np.ones((n, count), bool)  # False after an early release, until the contact drops
+        self.since = np.full((n, count), float(s.blend_frames))  # frames since the last release
+        self.weight = np.zeros((n, count))
+        self.held = np.zeros((n, count, 4))  # offset x, 0, offset z, turn (radians)
+        self.stride = np.zeros((n, count))  # how far the last released lock held the foot from the model's
+        self._was = np.zeros((n, count, 4))  # the model's pin joint and foot heading in the last frame
+
+    @property
+    def n_legs(self) -> int:
+        """Number of legs the stage solves."""
+        return len(self.legs)
+
+    def reset(self, characters: np.ndarray | slice) -> None:
+        """Forget the locks of characters (they were put back on a start frame)."""
+        self.locked[characters] = False
+        self.armed[characters] = True
+        self.since[characters] = float(self.settings.blend_frames)
+        for state in (self.weight, self.held, self.stride):
+            state[characters] = 0.0
+
+    def apply(self, rotations: np.ndarray, root: np.ndarray, contacts: np.ndarray,
+              characters: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """One frame of characters: raw local rotations (n, J, 4), root positions (n, 3), contacts (n, C)
+        -> shown local rotations (n, J, 4) float32 (see positions() for their joints); advances their locks.
+        """
+        shown = rotations.astype(np.float32)
+        if not self.legs:
+            return shown
+        s, sel = self.settings, characters
+        world, pos = self._chain_fk(quat_matrices(rotations[:, self._chain].astype(np.float64)), root)
+        frames = world[:, self._frames]  # (n, L, 4, 3, 3): hip's parent, hip, knee, ankle
+        points = pos[:, self._points]  # (n, L, 4 + F, 3): hip, knee, ankle, pin, contact joints
+        hip, knee, ankle, pin = points[:, :, 0], points[:, :, 1], points[:, :, 2], points[:, :, 3]
+        direction = (frames[:, :, 3] @ self._foot)[..., 0]
+
+        # Hold the foot where it was: undo the model's move of the pin joint and turn of the foot's heading.
+        now = np.concatenate([pin, np.arctan2(direction[..., :1], direction[..., 2:])], -1)
+        moved = now - self._was[sel]
+        self._was[sel] = now
+        moved[..., 3] = (moved[..., 3] + np.pi) % (2.0 * np.pi) - np.pi
+        held = self.held[sel] - moved * _HORIZONTAL
+
+        # Locks, with hysteresis; a lock taken now holds the foot as it is shown now. An early release
+        # re-arms once its contact drops or its fade has ended (the foot is down again as the model has it).
+        contact = contacts[:, self._columns].max(-1)
+        was, since = self.locked[sel], self.since[sel] + 1.0
+        armed = self.armed[sel] | (contact < s.contact_off) | (since > s.blend_frames)
+        locked = (contact >= s.contact_off) & (was | (armed & (contact >= s.contact_on))) & self.enabled[sel][:, None]
+        fade = np.maximum(1.0 - since * (1.0 / s.blend_frames), 0.0)
+        fade = fade * fade * (3.0 - 2.0 * fade)  # smoothstep: a release starts and ends at rest
+        weight = np.where(locked, 1.0, fade)
+        held *= np.where(locked & ~was, fade, 1.0)[..., None]
+
+        # The ankle's target: the model's foot turned by weight x turn about the pin, moved by weight x offset,
+        # lifted over the floor and, while a release fades, along a step's arc.
+        show = weight[..., None] * held
+        turn = (np.cos(show[..., 3:] * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) @ _TURN).reshape(show.shape[:-1] + (3, 3))
+        target = pin + (turn @ (ankle - pin)[..., None])[..., 0] + show[..., :3]
+        stride = np.where(was & ~locked, np.sqrt((held * held * self._stride).sum(-1)), self.stride[sel])
+        target[..., 1] += np.maximum(s.floor_m - points[:, :, 4:, 1].min(-1), 0.0) * self.enabled[sel][:, None] \
+            + (4.0 * s.step_lift) * stride * weight * (1.0 - weight)
+
+        # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's
+        # own; a lock the limit would keep more than RELEASE_SLIP_M off its place lets go.
+        legs = np.concatenate([(ankle - hip)[..., None, :], (target - hip)[..., None, :]], -2)  # now, wanted
+        have, need = np.sqrt((legs * legs).sum(-1)).transpose(2, 0, 1)
+        past = np.maximum(need - self._soft, 0.0)
+        reach = np.minimum(need, np.maximum(self._soft + self._room * (1.0 - np.exp(-past / self._room)), have))
+        early = locked & (need - reach > RELEASE_SLIP_M)
+        if early.any():
+            locked &= ~early
+            armed &= ~early
+            stride = np.where(early, np.sqrt((held * held * self._stride).sum(-1)), stride)
+        keep = ((weight > 0.0) | locked)[..., None]
+        self.locked[sel], self.armed[sel], self.since[sel] = locked, armed, np.where(locked, 0.0, since)
+        self.weight[sel], self.held[sel], self.stride[sel] = weight, held * keep, stride
+
+        # Two-bone IK in the plane of the model's knee: hip and knee turn about its normal n to give the leg
+        # the length asked for, then both swing about m, from the ankle's direction to the target's.
+        lengths = np.minimum(np.maximum(np.concatenate([have[..., None], reach[..., None]], -1), self._short),
+                             self._long)
+        cosines = ((lengths * lengths)[..., None] * _COSINE_SIGN + self._cos_top) / (lengths[..., None] * self._cos_bottom[0]
+                                                                                + self._cos_bottom[1])
+        angles = np.arccos(np.minimum(np.maximum(cosines, -1.0), 1.0))  # (n, L, now/wanted, hip/knee)
+        pair = np.concatenate([(knee - hip + POLE_PULL * direction)[..., None, :], legs[..., 1:, :]], -2)
+        normals = pair @ (legs[..., 0, :] @ -_SKEW).reshape(hip.shape + (3,))  # ankle x pole, ankle x target
+        sizes = np.sqrt((normals * normals).sum(-1))
+        swing = np.arctan2(sizes[..., 1], (legs[..., 0, :] * legs[..., 1, :]).sum(-1))
+        # The new local rotations are the old ones turned by these, in their parents' frames (about axes seen
+        # from hip's parent, hip and knee): hip by swing about m then the hip's bend about n; knee by its
+        # bend; ankle back by both bends and the swing, then by the held turn about the vertical.
+        axes = (normals / np.maximum(sizes, 1e-12)[..., None])[:, :, None] @ frames[:, :, :3]  # (n, L, 3, 2, 3)
+        axes = np.concatenate([axes.reshape(axes.shape[:2] + (6, 3)), frames[:, :, 2, 1:2]], 2)[:, :, _FACTOR_AXES]
+        spins = np.concatenate([swing[..., None], angles[:, :, 1] - angles[:, :, 0], show[..., 3:]], -1) @ _FACTOR_SPINS
+        half = np.cos(spins[..., None] - _SIN_COS)  # sin, cos of half the angle
+        factors = np.concatenate([axes * half[..., :1], half[..., 1:]], -1).reshape(axes.shape[:2] + (3, 3, 4))
+        q = rotations[:, self._solved].astype(np.float64).reshape(factors.shape[:2] + (3, 4))
+        for k in (2, 1, 0):
+            q = ((factors[..., k, :] @ _QUAT_LEFT).reshape(q.shape + (4,)) @ q[..., None])[..., 0]
+        shown[:, self._solved] = q.reshape(len(q), -1, 4)
+        return shown
+
+    def positions(self, rotations: np.ndarray, root: np.ndarray) -> np.ndarray:
+        """World joint positions (n, J, 3) float32 of local rotations (n, J, 4) and root positions (n, 3)."""
+        return self.kinematics(quat_matrices(rotations.astype(np.float64)), root.astype(np.float64))[1].astype(np.float32)
