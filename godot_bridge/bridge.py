@@ -80,7 +80,7 @@ class Bridge:
         self.config = config
         k = config.characters_per_client
         n = config.max_clients * k
-        self.ctrl = Controller(model, n_characters=n, seed=0)
+        self.ctrl = Controller(model, n_characters=n, seed=0, foot_lock=True)
         self.clients: dict[int, Client] = {}
         self._free_blocks = list(range(config.max_clients))
         self._next_number = 1
@@ -93,6 +93,7 @@ class Bridge:
         self._direction = np.zeros((n, 2), np.float32)
         self._speed = np.zeros(n, np.float32)
         self._target = np.zeros((n, 2), np.float32)
+        self._foot_lock = np.ones(n, bool)  # per slot, handed to the controller's foot lock before each step
         self._local_ids = (np.arange(n) % k).astype(np.uint32)
         self._step_wanted = asyncio.Event()
         self._step_ms: deque[float] = deque(maxlen=STATS_WINDOW)
@@ -190,6 +191,7 @@ class Bridge:
         ids = free[:count]
         self._placement(client, ids, msg)
         client.spawned[ids] = True
+        self._foot_lock[self._slots(client, ids)] = msg.fields.get("foot_lock", True)
         return P.encode_ok("spawn", msg.seq, ids=ids.tolist())
 
     def _on_despawn(self, client: Client, msg: P.ClientMessage) -> str:
@@ -211,6 +213,8 @@ class Bridge:
                                                "its characters keep walking freely", msg.seq)
         slots = self._slots(client, ids)
         self._task[slots] = "" if task == "none" else task
+        if "foot_lock" in msg.fields:
+            self._foot_lock[slots] = msg.fields["foot_lock"]
         if task == "joystick":
             d = np.asarray(msg.fields["direction"], np.float32)
             self._direction[slots] = d / np.linalg.norm(d)
@@ -315,12 +319,14 @@ class Bridge:
     def _step(self, control: dict[str, np.ndarray] | None, frozen: np.ndarray):
         """One controller step for every slot; frozen slots get their pre-step state back afterwards."""
         t0 = time.perf_counter()
-        st = self.ctrl.state
+        st, lock = self.ctrl.state, self.ctrl.foot_lock
         saved = [a[frozen].copy() for a in (st.condition, st.origin, st.yaw, st.rotations)]
+        held = lock.save(frozen)
         poses = self.ctrl.step(self._latents, control)
         st = self.ctrl.state
         for a, keep in zip((st.condition, st.origin, st.yaw, st.rotations), saved):
             a[frozen] = keep
+        lock.restore(frozen, held)
         self._step_ms.append((time.perf_counter() - t0) * 1000.0)
         return poses
 
@@ -332,6 +338,7 @@ class Bridge:
                      if (c.wants_step if lockstep else not c.paused and c.spawned.any())]
         for c in receivers:
             c.wants_step = False
+        self.ctrl.foot_lock.enabled[:] = self._foot_lock
         self._apply_resets()
         if not receivers:
             return  # nobody to stream to (all idle or paused): paused characters stay frozen anyway

@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   python -m runtime.bake crowd.npz --characters 16
   python -m runtime.bake steer.glb --model models/walk --control joystick.json   # [[t, dir_x, dir_z, speed], ...]
   python -m runtime.bake route.bvh --model models/walk --control path.json       # [[x, z], ...]
+  python -m runtime.bake raw.npz --no-foot-lock           # the model's poses as they are, feet not pinned
 """
 
 
@@ -55,9 +56,12 @@ class Clip:
 
 
 def bake(model: MotionModel, frames: int, seed: int | None = 0, characters: int = 1, start: int | None = None,
-         progress: bool = False, control: ControlScript | None = None) -> Clip:
-    """Step a controller frames times and collect every pose; control steers every character with a policy."""
-    ctrl = Controller(model, characters, seed=seed)
+         progress: bool = False, control: ControlScript | None = None, foot_lock: bool = True) -> Clip:
+    """Step a controller frames times and collect every pose; control steers every character with a policy.
+
+    foot_lock pins planted feet in the poses (runtime/footlock.py); the model's own motion is the same either way.
+    """
+    ctrl = Controller(model, characters, seed=seed, foot_lock=foot_lock)
     ctrl.reset(start=start)
     j, c = model.skeleton.n_joints, len(model.layout.contact_joints)
     out = Clip(model, np.zeros((frames, characters, 3), np.float32), np.zeros((frames, characters, j, 4), np.float32),
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
     p.add_argument("--control", metavar="JSON", help="steer with the model's policies: a joystick script or a "
                    "path (see runtime/control.py ControlScript)")
+    p.add_argument("--no-foot-lock", dest="foot_lock", action="store_false",
+                   help="keep the model's raw poses: planted feet are not pinned (see runtime/footlock.py)")
     p.add_argument("--preview", metavar="GIF", help="also render a stick-figure animation of character 0")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -174,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BakeError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet, control=control)
+    clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet, control=control,
+                foot_lock=args.foot_lock)
     written = write_clip(Path(args.out), clip)
     if args.preview:
         from .preview import animate

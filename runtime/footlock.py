@@ -213,6 +213,18 @@ class FootLock:
         for state in (self.weight, self.held, self.stride):
             state[characters] = 0.0
 
+    def save(self, characters: np.ndarray) -> list[np.ndarray]:
+        """A copy of characters' lock state, for restore() (a paused character keeps its locks)."""
+        return [state[characters].copy() for state in self._state()]
+
+    def restore(self, characters: np.ndarray, saved: list[np.ndarray]) -> None:
+        """Put back the lock state save() took."""
+        for state, kept in zip(self._state(), saved):
+            state[characters] = kept
+
+    def _state(self) -> tuple[np.ndarray, ...]:
+        return self.locked, self.armed, self.since, self.weight, self.held, self.stride, self._was
+
     def apply(self, rotations: np.ndarray, root: np.ndarray, contacts: np.ndarray,
               characters: np.ndarray | slice = slice(None)) -> np.ndarray:
         """One frame of characters: raw local rotations (n, J, 4), root positions (n, 3), contacts (n, C)

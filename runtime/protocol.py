@@ -77,7 +77,8 @@ _YAW = Field("number", low=-MAX_YAW_RAD, high=MAX_YAW_RAD)
 # Fields every client message may carry besides its own.
 COMMON_FIELDS: dict[str, Field] = {"type": Field("string", required=True), "seq": Field("int", low=0, high=MAX_U32)}
 CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
-    "spawn": {"count": Field("int", low=1, high=MAX_U16), "start": _START, "position": _POSITION, "yaw": _YAW},
+    "spawn": {"count": Field("int", low=1, high=MAX_U16), "start": _START, "position": _POSITION, "yaw": _YAW,
+              "foot_lock": Field("bool")},
     "despawn": {"ids": _IDS},
     "reset": {"ids": _IDS, "start": _START, "position": _POSITION, "yaw": _YAW},
     "control": {
@@ -86,6 +87,7 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
         "direction": Field("vec2", low=-MAX_COORDINATE_M, high=MAX_COORDINATE_M, when="task=joystick"),
         "speed": Field("number", low=0.0, high=MAX_SPEED_M_S, when="task=joystick"),
         "target": Field("vec2", low=-MAX_COORDINATE_M, high=MAX_COORDINATE_M, when="task=target"),
+        "foot_lock": Field("bool"),
     },
     "pause": {"paused": Field("bool", required=True)},
     "seed": {"seed": Field("int", required=True, low=0, high=MAX_SEED)},

@@ -142,11 +142,12 @@ class BridgeLink:
             self.send("control", **fields)
             self._steering = fields
 
-    def spawn(self, seed: int, start: int | None) -> None:
+    def spawn(self, seed: int, start: int | None, foot_lock: bool = True) -> None:
         """Restart the server's random stream at seed and spawn one character where a local session starts."""
         self.send("seed", seed=seed)
         # At the origin facing +Z, as Controller.reset places a local character.
-        self.send("spawn", position=[0.0, 0.0], yaw=0.0, **({} if start is None else {"start": start}))
+        self.send("spawn", position=[0.0, 0.0], yaw=0.0, foot_lock=foot_lock,
+                  **({} if start is None else {"start": start}))
 
     def latest(self) -> P.Frame | None:
         """The newest frame not yet taken, or None."""

@@ -42,8 +42,9 @@ class LiveSession:
     resumable = True  # Stop keeps it: Play goes on from the same frame
 
     def __init__(self, model: MotionModel, display: Display, steering: Steering, seed: int, start: int | None,
-                 key: tuple = ()) -> None:
+                 key: tuple = (), foot_lock: bool = True) -> None:
         self.model, self.display, self.steering, self.seed, self.start = model, display, steering, seed, start
+        self.foot_lock = foot_lock
         self.key = key  # what the session was made from: Play resumes it only while that is unchanged
         self.reset()
 
@@ -54,7 +55,7 @@ class LiveSession:
 
     def reset(self) -> None:
         """Back to the start frame of the seed, shown on the armature."""
-        self.controller = start_controller(self.model, self.seed, self.start)
+        self.controller = start_controller(self.model, self.seed, self.start, self.foot_lock)
         poses = self.controller.poses()
         self.display.show(poses.root_position, poses.local_rotations)
 
@@ -80,14 +81,16 @@ class RemoteSession:
 
     resumable = False  # Stop closes the connection, which frees the server's character
 
-    def __init__(self, link: BridgeLink, display: Display, steering: Steering, seed: int, start: int | None) -> None:
+    def __init__(self, link: BridgeLink, display: Display, steering: Steering, seed: int, start: int | None,
+                 foot_lock: bool = True) -> None:
         self.link, self.display, self.steering, self.seed, self.start = link, display, steering, seed, start
+        self.foot_lock = foot_lock
         self.fps = float(link.hello["fps"])
         self.frame: int | None = None  # the server's number of the frame shown last
 
     def spawn(self) -> None:
         """Spawn the character on the server; frames follow."""
-        self.link.spawn(self.seed, self.start)
+        self.link.spawn(self.seed, self.start, self.foot_lock)
         if self.link.lockstep:
             self.link.send("step")  # a lockstep server steps on request: one frame asked for at a time
 

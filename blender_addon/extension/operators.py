@@ -94,16 +94,17 @@ class _Target:
     steering: Steering
     seed: int
     start: int | None
+    foot_lock: bool
 
     @property
     def key(self) -> tuple:
         """What a live session made from this target depends on (its steering can change between plays)."""
-        return self.obj.name, self.model.path, self.seed, self.start, tuple(self.mapping.items())
+        return self.obj.name, self.model.path, self.seed, self.start, tuple(self.mapping.items()), self.foot_lock
 
     def session(self) -> live.LiveSession:
         """A live session on this target."""
         return live.LiveSession(self.model, live.Display(self.binding, self.obj), self.steering, self.seed,
-                                self.start, self.key)
+                                self.start, self.key, self.foot_lock)
 
     def commit(self) -> None:
         """Save the bone map and switch the driven bones to quaternions."""
@@ -118,7 +119,8 @@ def _target(context: bpy.types.Context) -> _Target:
     check_policy(settings.mode, model.policies, f"model '{model.name}'")
     start = _start(context, len(model.start_frames))
     mapping, binding = _mapping(obj, model.skeleton)
-    return _Target(model, obj, mapping, binding, Steering(context.scene, obj, settings.mode), settings.seed, start)
+    return _Target(model, obj, mapping, binding, Steering(context.scene, obj, settings.mode), settings.seed, start,
+                   settings.foot_lock)
 
 
 _Bound = tuple[bpy.types.Object, dict[str, str], Binding]  # what _commit takes
@@ -146,7 +148,8 @@ def _remote_session(context: bpy.types.Context) -> tuple[live.RemoteSession, _Bo
         except (KeyError, TypeError, ValueError) as e:
             raise AddonError(f"The server at {link.where} sent a skeleton this extension cannot read ({e}).") from None
         mapping, binding = _mapping(obj, skeleton)
-        session = live.RemoteSession(link, live.Display(binding, obj), steering, settings.seed, start)
+        session = live.RemoteSession(link, live.Display(binding, obj), steering, settings.seed, start,
+                                     settings.foot_lock)
     except BaseException:
         link.close()
         raise
@@ -208,7 +211,8 @@ class MOTION_VAE_OT_bake(bpy.types.Operator):
         settings, scene = context.scene.motion_vae, context.scene
         target = _target(context)
         began = time.perf_counter()
-        roots, rotations = run(target.model, settings.frames, target.seed, target.start, target.steering.script())
+        roots, rotations = run(target.model, settings.frames, target.seed, target.start, target.steering.script(),
+                               target.foot_lock)
         rig_pose = pose(target.binding, roots, rotations)
         live.end()  # a live session would keep overwriting the pose the new Action sets
         target.commit()

@@ -1,8 +1,8 @@
 """Settings the panel edits, saved in the .blend: per scene, and a bone map per armature object."""
 # No `from __future__ import annotations` here: Blender reads these annotations as property definitions.
 import bpy
-from bpy.props import (CollectionProperty, EnumProperty, FloatProperty, FloatVectorProperty, IntProperty,
-                       PointerProperty, StringProperty)
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, FloatVectorProperty,
+                       IntProperty, PointerProperty, StringProperty)
 
 # Steering modes and the runtime control task (model.policies key) each needs; random walk needs none.
 POLICY_OF_MODE = {"JOYSTICK": "joystick", "TARGET": "target", "CURVE": "path"}
@@ -55,6 +55,9 @@ class MotionVAESceneSettings(bpy.types.PropertyGroup):
     start: IntProperty(name="Start", default=-1, min=-1,
                        description="Start frame from the model's start frames (-1: picked by the seed)")
     frames: IntProperty(name="Frames", default=300, min=1, max=1_000_000, description="Frames to bake")
+    foot_lock: BoolProperty(name="Foot Lock", default=True,
+                            description="Pin planted feet to the ground (two-bone leg IK) in live play and bakes; "
+                                        "off shows the model's raw poses")
     target_object: PointerProperty(name="Target", type=bpy.types.Object,
                                    description="Object to walk to (its origin, read every frame)")
     curve_object: PointerProperty(name="Curve", type=bpy.types.Object, poll=_is_curve,

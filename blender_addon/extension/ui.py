@@ -71,6 +71,7 @@ class MOTION_VAE_PT_main(bpy.types.Panel):
         col.prop(settings, "seed")
         col.prop(settings, "start")
         col.prop(settings, "frames")
+        layout.prop(settings, "foot_lock")
 
         row = layout.row(align=True)
         if live.playing():

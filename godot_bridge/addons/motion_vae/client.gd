@@ -31,6 +31,8 @@ const INBOUND_BUFFER_BYTES := 1 << 22
 @export var autoconnect := true
 ## Characters to spawn after every (re)connection.
 @export_range(0, 256) var spawn_on_connect := 1
+## Pin spawned characters' planted feet on the server (two-bone leg IK there); off streams the raw poses.
+@export var foot_lock := true
 ## When >= 0, sent as the seed on every connection before spawning, for repeatable motion.
 @export var random_seed := -1
 ## Reconnect after a lost or failed connection, waiting reconnect_min_delay, doubling up to reconnect_max_delay.
@@ -203,9 +205,9 @@ func send_message(type: String, fields: Dictionary = {}) -> int:
 	return _seq
 
 
-## Spawns count characters (on start frame start, or a random one when start < 0).
+## Spawns count characters (on start frame start, or a random one when start < 0), foot locking as foot_lock.
 func spawn(count: int = 1, start: int = -1) -> int:
-	var fields := {"count": count}
+	var fields := {"count": count, "foot_lock": foot_lock}
 	if start >= 0:
 		fields["start"] = start
 	return send_message("spawn", fields)
