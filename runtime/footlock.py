@@ -279,7 +279,8 @@ class FootLock:
             armed &= ~early
             stride = np.where(early, np.sqrt((held * held * self._stride).sum(-1)), stride)
         keep = ((weight > 0.0) | locked)[..., None]
-        self.locked[sel], self.armed[sel], self.since[sel] = locked, armed, np.where(locked, 0.0, since)
+        self.locked[sel], self.armed[sel] = locked, armed
+        self.since[sel] = np.where(locked | early, 0.0, since)  # an early release is shown held this frame
         self.weight[sel], self.held[sel], self.stride[sel] = weight, held * keep, stride
 
         # Two-bone IK in the plane of the model's knee: hip and knee turn about its normal n to give the leg
