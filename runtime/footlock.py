@@ -43,6 +43,7 @@ from .posefk import PoseKinematics, matrix_quats, quat_matrices
 from .skeleton import Skeleton
 
 RELEASE_SLIP_M = 0.01  # a lock whose foot the reach limit would move further than this is released
+RELEASE_RISE_M = 0.03  # a lock whose held joint the model lifts this far above where it was planted is released
 POLE_PULL = 0.01  # weight of the foot's direction in the knee's bend plane: decides only for a straight leg
 _TOE_NAMES = ("toe", "ball")
 _HORIZONTAL = np.array([1.0, 0.0, 1.0, 1.0])  # held: offset x, (y), offset z, turn
@@ -78,8 +79,8 @@ _SKEW[2, 1], _SKEW[1, 2], _SKEW[2, 3], _SKEW[0, 5], _SKEW[1, 6], _SKEW[0, 7] = -
 class FootLockSettings:
     """The foot lock's thresholds (see the module docstring for what each does)."""
 
-    contact_on: float = 0.6  # a leg locks when its contact rises to this
-    contact_off: float = 0.4  # and releases when it falls below this
+    contact_on: float = 0.5  # a leg locks when its contact rises to this
+    contact_off: float = 0.3  # and releases when it falls below this
     blend_frames: int = 6  # frames over which a released lock's correction fades out
     reach: float = 0.97  # fraction of thigh + shin past which a lock's target is softly limited
     step_lift: float = 0.25  # a release lifts the foot by this times the distance it catches up, at mid-fade
@@ -198,6 +199,9 @@ class FootLock:
         self.weight = np.zeros((n, count))
         self.held = np.zeros((n, count, 4))  # offset x, 0, offset z, turn (radians)
         self.stride = np.zeros((n, count))  # how far the last released lock held the foot from the model's
+        self._ground = np.zeros((n, count))  # height of the held joint when its lock was taken
+        self._fade_from = np.zeros((n, count, 4))  # held and its speed when the last lock was released
+        self._fade_speed = np.zeros((n, count, 4))
         self._was = np.zeros((n, count, 4))  # the model's pin joint and foot heading in the last frame
 
     @property
@@ -210,7 +214,7 @@ class FootLock:
         self.locked[characters] = False
         self.armed[characters] = True
         self.since[characters] = float(self.settings.blend_frames)
-        for state in (self.weight, self.held, self.stride):
+        for state in (self.weight, self.held, self.stride, self._fade_from, self._fade_speed):
             state[characters] = 0.0
 
     def save(self, characters: np.ndarray) -> list[np.ndarray]:
@@ -223,7 +227,8 @@ class FootLock:
             state[characters] = kept
 
     def _state(self) -> tuple[np.ndarray, ...]:
-        return self.locked, self.armed, self.since, self.weight, self.held, self.stride, self._was
+        return (self.locked, self.armed, self.since, self.weight, self.held, self.stride, self._ground,
+                self._fade_from, self._fade_speed, self._was)
 
     def apply(self, rotations: np.ndarray, root: np.ndarray, contacts: np.ndarray,
               characters: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -242,30 +247,43 @@ class FootLock:
 
         # Hold the foot where it was: undo the model's move of the pin joint and turn of the foot's heading.
         now = np.concatenate([pin, np.arctan2(direction[..., :1], direction[..., 2:])], -1)
-        moved = now - self._was[sel]
+        moved = (now - self._was[sel]) * _HORIZONTAL
         self._was[sel] = now
         moved[..., 3] = (moved[..., 3] + np.pi) % (2.0 * np.pi) - np.pi
-        held = self.held[sel] - moved * _HORIZONTAL
 
-        # Locks, with hysteresis; a lock taken now holds the foot as it is shown now. An early release
-        # re-arms once its contact drops or its fade has ended (the foot is down again as the model has it).
+        # Locks, with hysteresis. A lock also ends when the model clearly lifts the held joint (its contacts lag
+        # behind toe-off); such a release, like an early one, re-arms once the contact drops or the fade ends.
         contact = contacts[:, self._columns].max(-1)
         was, since = self.locked[sel], self.since[sel] + 1.0
         armed = self.armed[sel] | (contact < s.contact_off) | (since > s.blend_frames)
         locked = (contact >= s.contact_off) & (was | (armed & (contact >= s.contact_on))) & self.enabled[sel][:, None]
-        fade = np.maximum(1.0 - since * (1.0 / s.blend_frames), 0.0)
-        fade = fade * fade * (3.0 - 2.0 * fade)  # smoothstep: a release starts and ends at rest
-        weight = np.where(locked, 1.0, fade)
-        held *= np.where(locked & ~was, fade, 1.0)[..., None]
+        ground = np.where(locked & ~was, pin[..., 1], self._ground[sel])
+        self._ground[sel] = ground
+        lifted = locked & (pin[..., 1] - ground > RELEASE_RISE_M)
+        locked &= ~lifted
+        armed &= ~lifted
+        # A held foot stays where it is. A released one eases onto the model's foot over blend_frames, from where
+        # it was last held (the model's foot already moves on this frame, as it does in the raw output): a
+        # cubic in the held offset, arriving at rest relative to the model. A lock taken now holds the foot
+        # where it is shown now.
+        released = was & ~locked
+        if released.any():
+            self._fade_from[sel] = np.where(released[..., None], self.held[sel], self._fade_from[sel])
+            self._fade_speed[sel] = np.where(released[..., None], 0.0, self._fade_speed[sel])
+            since = np.where(released, 1.0, since)
+        fade = np.minimum(since * (1.0 / s.blend_frames), 1.0)[..., None]
+        ease = 1.0 + fade * fade * (2.0 * fade - 3.0)  # cubic Hermite bases h00 and h10 of the fade
+        held = np.where((was & locked)[..., None], self.held[sel] - moved,
+                        self._fade_from[sel] * ease + self._fade_speed[sel] * (s.blend_frames * fade * (1.0 - fade) ** 2))
+        weight = np.where(locked, 1.0, ease[..., 0])
 
-        # The ankle's target: the model's foot turned by weight x turn about the pin, moved by weight x offset,
-        # lifted over the floor and, while a release fades, along a step's arc.
-        show = weight[..., None] * held
-        turn = (np.cos(show[..., 3:] * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) @ _TURN).reshape(show.shape[:-1] + (3, 3))
-        target = pin + (turn @ (ankle - pin)[..., None])[..., 0] + show[..., :3]
-        stride = np.where(was & ~locked, np.sqrt((held * held * self._stride).sum(-1)), self.stride[sel])
+        # The ankle's target: the model's foot turned about the pin and moved as held, lifted over the floor
+        # and, while a release eases, along a step's arc.
+        turn = (np.cos(held[..., 3:] * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) @ _TURN).reshape(held.shape[:-1] + (3, 3))
+        target = pin + (turn @ (ankle - pin)[..., None])[..., 0] + held[..., :3]
+        arc = fade[..., 0] * (1.0 - fade[..., 0]) * ~locked
         target[..., 1] += np.maximum(s.floor_m - points[:, :, 4:, 1].min(-1), 0.0) * self.enabled[sel][:, None] \
-            + (4.0 * s.step_lift) * stride * weight * (1.0 - weight)
+            + (16.0 * s.step_lift) * self.stride[sel] * arc * arc
 
         # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's
         # own; a lock the limit would keep more than RELEASE_SLIP_M off its place lets go.
@@ -275,13 +293,20 @@ class FootLock:
         reach = np.minimum(need, np.maximum(self._soft + self._room * (1.0 - np.exp(-past / self._room)), have))
         early = locked & (need - reach > RELEASE_SLIP_M)
         if early.any():
+            # Shown where the limit puts the foot this frame, then eased from there at the speed it had.
             locked &= ~early
             armed &= ~early
-            stride = np.where(early, np.sqrt((held * held * self._stride).sum(-1)), stride)
-        keep = ((weight > 0.0) | locked)[..., None]
+            held[..., :3] += ((reach / need - 1.0)[..., None] * legs[..., 1, :] * early[..., None]) * _HORIZONTAL[:3]
+            self._fade_from[sel] = np.where(early[..., None], held, self._fade_from[sel])
+            self._fade_speed[sel] = np.where(early[..., None], -moved, self._fade_speed[sel])
+            since = np.where(early, 0.0, since)
+            released |= early
+        if released.any():
+            self.stride[sel] = np.where(released, np.sqrt((self._fade_from[sel] ** 2 * self._stride).sum(-1)),
+                                        self.stride[sel])
         self.locked[sel], self.armed[sel] = locked, armed
-        self.since[sel] = np.where(locked | early, 0.0, since)  # an early release is shown held this frame
-        self.weight[sel], self.held[sel], self.stride[sel] = weight, held * keep, stride
+        self.since[sel] = np.where(locked, 0.0, since)
+        self.weight[sel], self.held[sel] = weight, held
 
         # Two-bone IK in the plane of the model's knee: hip and knee turn about its normal n to give the leg
         # the length asked for, then both swing about m, from the ankle's direction to the target's.
@@ -299,7 +324,7 @@ class FootLock:
         # bend; ankle back by both bends and the swing, then by the held turn about the vertical.
         axes = (normals / np.maximum(sizes, 1e-12)[..., None])[:, :, None] @ frames[:, :, :3]  # (n, L, 3, 2, 3)
         axes = np.concatenate([axes.reshape(axes.shape[:2] + (6, 3)), frames[:, :, 2, 1:2]], 2)[:, :, _FACTOR_AXES]
-        spins = np.concatenate([swing[..., None], angles[:, :, 1] - angles[:, :, 0], show[..., 3:]], -1) @ _FACTOR_SPINS
+        spins = np.concatenate([swing[..., None], angles[:, :, 1] - angles[:, :, 0], held[..., 3:]], -1) @ _FACTOR_SPINS
         half = np.cos(spins[..., None] - _SIN_COS)  # sin, cos of half the angle
         factors = np.concatenate([axes * half[..., :1], half[..., 1:]], -1).reshape(axes.shape[:2] + (3, 3, 4))
         q = rotations[:, self._solved].astype(np.float64).reshape(factors.shape[:2] + (3, 4))
