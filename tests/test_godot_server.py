@@ -376,3 +376,54 @@ def test_cli_port_in_use_exits_2(model_dir):
         proc = serve_cli("--model", str(model_dir), "--port", str(s.getsockname()[1]))
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "cannot listen" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_foot_lock_is_on_by_default_and_switched_per_character_over_the_wire():
+    model = load_model(None)  # the shipped default model: trained, its contacts mean something
+    toe = model.skeleton.index("LeftToeBase")
+    blend = Bridge(model, BridgeConfig()).ctrl.foot_lock.settings.blend_frames
+
+    async def body():
+        with start(model, max_clients=2, characters_per_client=1, lockstep=True) as server:
+            a, b = await Peer.open(server.url), await Peer.open(server.url)
+            for p, extra in ((a, ""), (b, ', "foot_lock": false')):
+                await p.ask('{"type": "seed", "seed": 11}')
+                assert (await p.ask('{"type": "spawn", "start": 0, "position": [0, 0]' + extra + "}"))["type"] == "ok"
+            refused = await a.ask('{"type": "control", "task": "none", "foot_lock": "yes", "seq": 9}')
+            locks = []
+
+            async def step(n: int) -> None:
+                for _ in range(n):
+                    await a.ws.send('{"type": "step"}')
+                    await b.ws.send('{"type": "step"}')
+                    await a.frame()
+                    await b.frame()
+                    locks.append(server.call(lambda: bool(server.bridge.ctrl.foot_lock.locked[0, 0])))
+
+            await step(90)
+            assert (await a.ask('{"type": "control", "task": "none", "foot_lock": false}'))["type"] == "ok"
+            await step(blend + 2)
+            await a.close()
+            await b.close()
+            return refused, np.array(locks), a.frames, b.frames
+    refused, locks, fa, fb = run(body())
+    assert refused["type"] == "error" and refused["code"] == "bad_message" and "control.foot_lock" in refused["message"]
+    # The same seed, start and place: the same motion underneath, the lock only changes the legs shown.
+    assert all(np.array_equal(x.root_position, y.root_position) for x, y in zip(fa, fb))
+    assert max(np.abs(x.local_rotations - y.local_rotations).max() for x, y in zip(fa[:90], fb[:90])) > 1e-3
+    # While the left foot is locked, its toe stands still in a's frames and slides in b's (the raw ones).
+    held = locks[1:90] & locks[:89]
+    assert held.sum() > 20
+    moved_a = np.linalg.norm(np.diff(_toe_positions(model, fa[:90], toe)[:, [0, 2]], axis=0), axis=-1)[held]
+    moved_b = np.linalg.norm(np.diff(_toe_positions(model, fb[:90], toe)[:, [0, 2]], axis=0), axis=-1)[held]
+    assert np.median(moved_a) < 1e-4 and np.percentile(moved_a, 90) < 2e-3, "the locked toe moved"
+    assert np.median(moved_b) > 1e-3, "the raw toe was already still: this test shows nothing"
+    # Switched off, a's character fades back onto the raw pose: then its frames are b's.
+    assert np.array_equal(fa[-1].local_rotations, fb[-1].local_rotations)
+
+
+def _toe_positions(model, frames: list[P.Frame], joint: int) -> np.ndarray:
+    """World position of one joint in each frame's first character, by forward kinematics of the wire's pose."""
+    q = np.stack([f.local_rotations[0] for f in frames]).astype(np.float64)
+    root = np.stack([f.root_position[0] for f in frames]).astype(np.float64)
+    return model.skeleton.forward_kinematics(q, root)[0][:, joint]
