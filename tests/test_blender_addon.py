@@ -27,6 +27,7 @@ from godot_bridge import protocol as P  # noqa: E402
 from godot_bridge.background import BackgroundServer  # noqa: E402
 from godot_bridge.bridge import Bridge, BridgeConfig  # noqa: E402
 from runtime.bake import bake as runtime_bake  # noqa: E402
+from runtime.controller import Controller  # noqa: E402
 from runtime.model import load_model  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -399,7 +400,8 @@ def test_panel_draws_settings_buttons_and_greys_steering_without_policies(scene,
         panel.draw(SimpleNamespace(layout=_Layout(drawn)), bpy.context)
     rig = scene.motion_vae.armature.motion_vae
     ui.MOTION_VAE_UL_bone_map.draw_item(None, bpy.context, _Layout(drawn), rig, rig.bone_map[0], 0, rig, "active_row")
-    for name in ("model_dir", "armature", "seed", "start", "frames", "bone", "motion_vae.play", "motion_vae.reset",
+    for name in ("model_dir", "armature", "seed", "start", "frames", "foot_lock", "bone", "motion_vae.play",
+                 "motion_vae.reset",
                  "motion_vae.bake", "motion_vae.export_animation", "motion_vae.create_armature",
                  "motion_vae.auto_map", "MOTION_VAE_UL_bone_map", "Steering needs a model with control policies"):
         assert name in drawn, name
@@ -688,3 +690,42 @@ def test_curve_mode_follows_a_closed_curve_with_the_shipped_path_policy(default_
     walked = np.linalg.norm(np.diff(track, axis=0), axis=1).sum()
     print(f"follow curve: {off.mean():.2f} m from the curve on average (max {off.max():.2f} m), {walked:.1f} m walked")
     assert off.mean() < 0.5 and walked > 5.0
+
+
+def test_bake_carries_the_locked_feet_and_the_panel_turns_locking_off(default_scene, ext):
+    settings = default_scene.motion_vae
+    frames = 240
+    settings.frames = frames
+    assert settings.foot_lock, "foot locking is on by default"
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    obj = settings.armature
+    model = load_model(None)
+    toes = ["LeftToeBase", "RightToeBase"]
+    # The runtime's own run of the panel's seed: when each foot is locked and where it shows the toes.
+    ctrl = Controller(model, 1, seed=SEED, foot_lock=True)
+    ctrl.reset(start=None)
+    locks, runtime_toes = [], []
+    for _ in range(frames):
+        p = ctrl.step()
+        locks.append(ctrl.foot_lock.locked[0].copy())
+        runtime_toes.append(p.positions[0, [model.skeleton.index(t) for t in toes]].astype(np.float64))
+    locks, runtime_toes = np.array(locks), np.array(runtime_toes) @ Y_UP_TO_Z_UP.T
+
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    every = np.arange(frames)
+    locked = _baked_heads(obj, toes, every)
+    assert np.abs(locked - runtime_toes).max() < 1e-3, "the baked toes are not where the runtime held them"
+    settings.foot_lock = False
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    raw = _baked_heads(obj, toes, every)
+
+    held = 0
+    for leg in range(2):
+        pairs = locks[1:, leg] & locks[:-1, leg]
+        pairs &= np.linalg.norm(np.diff(runtime_toes[:, leg, :2], axis=0), axis=-1) < 1e-4  # not at the reach limit
+        moves = np.linalg.norm(np.diff(locked[:, leg, :2], axis=0), axis=-1)  # Blender's ground plane is x, y
+        assert moves[pairs].max() < 1e-3, "a locked toe moved in the baked Action"
+        raw_moves = np.linalg.norm(np.diff(raw[:, leg, :2], axis=0), axis=-1)
+        assert np.median(raw_moves[pairs]) > 1e-3, "with Foot Lock off the same toe slides"
+        held += int(pairs.sum())
+    assert held > 100

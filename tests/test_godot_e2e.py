@@ -264,3 +264,41 @@ def test_held_arrow_keys_steer_the_character_through_the_addon(godot, project):
         print(f"{result['phases'][phase]}: heading {angle:.1f} degrees off the command, {speed:.2f} m/s "
               f"(walk speed 1.4) over the last 2 s")
         assert angle < 30 and 0.7 < speed < 2.1
+
+
+def test_godot_shows_the_locked_feet_the_server_sends(godot, project):
+    """Foot locking (on by default) reaches Godot: its bones put the feet where the runtime held them."""
+    root, _ = project
+    model = load_model(None)  # the shipped default model: trained, its contacts mean something
+    toes = [model.skeleton.index(n) for n in ("LeftToeBase", "RightToeBase")]
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    step = Bridge._step
+
+    def recording_step(self: Bridge, control, frozen):
+        poses = step(self, control, frozen)
+        seen[poses.frame] = (poses.positions[0].astype(np.float64), self.ctrl.foot_lock.locked[0].copy())
+        return poses
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Bridge, "_step", recording_step)
+        with BackgroundServer(Bridge(model, BridgeConfig(max_clients=1, characters_per_client=1,
+                                                         lockstep=True))) as server:
+            proc = godot(root, "-s", "res://godot_tests/e2e.gd", "--", "--url", server.url, "--out", "res://locked.json",
+                         "--frames", "150", "--bake-frames", "10", "--library", "res://locked.tres")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and not script_errors(output), output[-3000:]
+    rows = json.loads((root / "locked.json").read_text())["frames"]
+    numbers = [r["frame"] for r in rows]
+    assert len(rows) >= 150 and numbers == list(range(numbers[0], numbers[0] + len(rows)))
+    shown = np.array([r["positions"] for r in rows])  # Godot's global bone positions (the re-rested skeleton)
+    sent = np.array([seen[n][0] for n in numbers])
+    locks = np.array([seen[n][1] for n in numbers])
+    assert np.abs(shown - sent).max() < 1e-3, "Godot's joints are not where the runtime put them"
+    held = 0
+    for leg, toe in enumerate(toes):
+        pairs = locks[1:, leg] & locks[:-1, leg]
+        runtime_still = np.linalg.norm(np.diff(sent[:, toe, [0, 2]], axis=0), axis=-1) < 1e-4
+        godot_moves = np.linalg.norm(np.diff(shown[:, toe, [0, 2]], axis=0), axis=-1)
+        assert godot_moves[pairs & runtime_still].max() < 1e-3, "a locked toe moved in Godot"
+        held += int((pairs & runtime_still).sum())
+    assert held > 60, f"only {held} locked frames: the lock did not reach Godot"
