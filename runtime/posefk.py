@@ -53,7 +53,10 @@ class PoseKinematics:
         self.parent = parents
         self.doubling = []
         ancestor, covered = np.append(parents, j), 1
-        while covered < len(skeleton.depth_levels):
+        # Positions need the world rotations of parents only: leaves' own levels are not composed.
+        depth = max(d for d, level in enumerate(skeleton.depth_levels)
+                    if any(skeleton.children[k] for k in level)) + 1 if j > 1 else 1
+        while covered < depth:
             self.doubling.append(ancestor)
             ancestor, covered = ancestor[ancestor], 2 * covered
         self.levels = [(level, parents[level]) for level in skeleton.depth_levels[1:]]
@@ -64,19 +67,25 @@ class PoseKinematics:
         for a in range(1, j):
             chain[a] += chain[parents[a]]
         self.chain = chain
+        self._eye = np.zeros((0, 1, 3, 3))
+
+    def _identity(self, n: int) -> np.ndarray:
+        """(n, 1, 3, 3) identities (the root's parent), kept per n: the call is made every step."""
+        if self._eye.shape[0] != n:
+            self._eye = np.broadcast_to(np.eye(3), (n, 1, 3, 3))
+        return self._eye
 
     def __call__(self, local: np.ndarray, root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Local rotation matrices (n, J, 3, 3), root positions (n, 3) -> world rotations (n, J + 1, 3, 3)
-        (an identity appended: the root's parent) and world positions (n, J, 3)."""
+        (an identity appended: the root's parent; a leaf joint's may be left partial) and world positions (n, J, 3)."""
         n, j = local.shape[0], self.j
-        world = np.empty((n, j + 1, 3, 3))
-        world[:, :j] = local
-        world[:, j] = np.eye(3)
         if n < LEVELS_FROM:
+            world = np.concatenate([local, self._identity(n)], 1)
             for ancestor in self.doubling:
                 world = world[:, ancestor] @ world
             bones = (world[:, self.parent] @ self.offsets)[..., 0]
             return world, root[:, None] + self.chain @ bones
+        world = np.concatenate([local, self._identity(n)], 1)
         pos = np.empty((n, j, 3))
         pos[:, 0] = root
         for level, parent in self.levels:
