@@ -6,31 +6,30 @@ root position, contacts) and the skeleton and feature layout, and it changes wha
 model is fed next.
 
 Per leg (found from the layout's contact joints: the topmost contact joint of a chain is the ankle, its
-parent the knee, the knee's parent the hip):
+parent the knee, the knee's parent the hip; the lowest one, the toe when there is one, is the held joint):
 
 - Lock: when the leg's contact (the largest of its contact joints' values) rises to `contact_on`; release
-  when it falls below `contact_off` (hysteresis, so a flickering contact does not chatter).
-- Pin: while locked, the foot's pivot is held still on the ground plane. The pivot is the contact-weighted
-  point of the leg's contact joints, so on a foot with ankle and toe contacts the heel is held while only
-  the heel touches, the ball of the foot while only the toe does (the heel rolls up about it: the
-  ankle-to-toe offset and the foot's world orientation follow the model's). Heights follow the model's, so
-  a contact that comes a frame before the foot lands does not hold it in the air.
-- Solve: hip and knee are turned by analytic two-bone IK so the ankle reaches its held place; the bend plane
-  is the model's own knee's (a hundredth-weight pull toward the foot's direction settles a straight leg),
-  so the knee never flips. The ankle's local rotation is rewritten so the foot keeps the model's world
-  orientation.
-- Release: the correction fades out over `blend_frames` (smoothstep, starting at zero velocity).
+  when it falls below `contact_off` (hysteresis, so a flickering contact does not chatter), or when the model
+  lifts the held joint RELEASE_RISE_M above where it was planted (the model's contacts lag behind toe-off).
+- Hold: while locked, the held joint (the ball of the foot) stays where it was on the ground plane, and the
+  foot keeps the heading it had; its heights and its pitch and roll follow the model's, so the heel rolls
+  about the ball and a contact that comes a frame before the foot lands does not hold it in the air.
+- Solve: hip and knee are turned by analytic two-bone IK so the ankle reaches its held place, in the bend
+  plane of the model's own knee (the foot's direction decides only for a leg straight to within microns), so
+  the knee never flips; the ankle's local rotation is rewritten so the foot keeps its world orientation.
+- Release: the foot eases onto the model's over `blend_frames`: a cubic in the held offset and turn, from
+  where it was last held to the model's foot, arriving at rest relative to it.
 - Reach: past `reach` x (thigh + shin) the hip-to-ankle distance a lock asks for is softly limited (never
   below the model's own), so the leg neither stretches nor snaps straight; a lock that the limit would keep
-  more than RELEASE_SLIP_M off its place (over-extension) is released early, fading out the same way, and is
-  not taken again until that contact has dropped or the fade has ended.
-- Step: while a release fades, the foot is lifted along an arc peaking at `step_lift` x the distance it
+  more than RELEASE_SLIP_M off its place (over-extension) is released early, easing out the same way.
+  A lock released early or by a lift is not taken again until its contact drops or its fade has ended.
+- Step: while a release eases, the foot is lifted along an arc peaking at `step_lift` x the distance it
   catches up, so a foot the model slid far (a standing character that drifts) is re-planted by a small
   step instead of gliding over the ground.
 - Floor: no contact joint of a leg is shown below `floor_m` (the world ground, y = 0 by default).
 
-The output's local rotations and world positions agree through forward kinematics (positions are FK of the
-output rotations), and bone lengths are the skeleton's.
+The output's local rotations and world positions agree through forward kinematics (the Controller computes
+positions from the shown rotations), and bone lengths are the skeleton's.
 """
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ from .skeleton import Skeleton
 
 RELEASE_SLIP_M = 0.01  # a lock whose foot the reach limit would move further than this is released
 RELEASE_RISE_M = 0.03  # a lock whose held joint the model lifts this far above where it was planted is released
-POLE_PULL = 0.01  # weight of the foot's direction in the knee's bend plane: decides only for a straight leg
+STRAIGHT_M = 0.01  # a knee closer than this to its hip-ankle line bends toward the foot rather than its own offset
 _TOE_NAMES = ("toe", "ball")
 _HORIZONTAL = np.array([1.0, 0.0, 1.0, 1.0])  # held: offset x, (y), offset z, turn
 # A turn about +Y by a: cos(a) * _TURN_COS + sin(a) * _TURN_SIN + _TURN_ONE.
@@ -56,12 +55,15 @@ _COS_SIN_ONE = np.array([[1.0, 1.0, 0.0], [0.0, np.pi / 2, 0.0]])
 _TURN = np.zeros((3, 9))
 _TURN[0, [0, 8]], _TURN[1, 2], _TURN[1, 6], _TURN[2, 4] = 1.0, 1.0, -1.0, 1.0
 _SIN_COS = np.array([np.pi / 2, 0.0])
-# The IK's nine quaternion factors (three per joint, applied last to first): their axes from
-# [n, m] seen from hip's parent, hip and knee, then the knee's view of +Y; their angles from
-# [swing, hip bend, knee bend, held turn] (halved here for the quaternions).
-_FACTOR_AXES = np.array([1, 0, 0, 2, 2, 2, 4, 5, 6])
-_FACTOR_SPINS = 0.5 * np.array([[1, 0, 0, 0, 0, 0, 0, -1, 0], [0, 1, 0, 0, 0, 0, -1, 0, 0],
-                                [0, 0, 0, 1, 0, 0, -1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0, 1]], float)
+# The IK's quaternion factors, four per joint (hip, knee, ankle), applied last to first. Their axes: rows of
+# [m, n, line, model's n] seen from hip's parent (0-3), hip (4-7) and knee (8-11), then the knee's view of
+# +Y (12); their angles from [swing, hip bend, knee bend, held turn, swivel], halved for quaternions.
+_FACTOR_AXES = np.array([0, 1, 2, 0, 7, 0, 0, 0, 10, 9, 8, 12])
+_FACTOR_SPINS = np.zeros((5, 12))
+for _col, _terms in {0: [(0, 1)], 1: [(1, 1)], 2: [(4, 1)], 4: [(2, 1)], 8: [(4, -1)], 9: [(1, -1), (2, -1)],
+                     10: [(0, -1)], 11: [(3, 1)]}.items():
+    for _row, _sign in _terms:
+        _FACTOR_SPINS[_row, _col] = 0.5 * _sign
 # a @ _QUAT_LEFT, reshaped (4, 4), is the matrix of a (x): (a (x) b) = that @ b.
 _QUAT_LEFT = np.zeros((4, 16))
 for _r, _row in enumerate([[(3, 1), (2, -1), (1, 1), (0, 1)], [(2, 1), (3, 1), (0, -1), (1, 1)],
@@ -173,6 +175,7 @@ class FootLock:
         self._solved = np.array([[g.hip, g.knee, g.ankle] for g in legs], np.int64).reshape(-1)
         lengths, rest = skeleton.bone_lengths(), skeleton.rest_positions()
         thigh = lengths[[g.knee for g in legs]][:, None]
+        self._thigh = thigh[:, 0]
         shin = lengths[[g.ankle for g in legs]][:, None]
         span = (thigh + shin)[:, 0]
         self._soft, self._room = s.reach * span, (1.0 - s.reach) * span
@@ -281,8 +284,10 @@ class FootLock:
         # and, while a release eases, along a step's arc.
         turn = (np.cos(held[..., 3:] * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) @ _TURN).reshape(held.shape[:-1] + (3, 3))
         target = pin + (turn @ (ankle - pin)[..., None])[..., 0] + held[..., :3]
+        # Floor: the foot is lifted so that none of its contact joints is below it.
+        enabled = self.enabled[sel][:, None]
         arc = fade[..., 0] * (1.0 - fade[..., 0]) * ~locked
-        target[..., 1] += np.maximum(s.floor_m - points[:, :, 4:, 1].min(-1), 0.0) * self.enabled[sel][:, None] \
+        target[..., 1] += np.maximum(s.floor_m - points[:, :, 4:, 1].min(-1), 0.0) * enabled \
             + (16.0 * s.step_lift) * self.stride[sel] * arc * arc
 
         # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's
@@ -315,20 +320,37 @@ class FootLock:
         cosines = ((lengths * lengths)[..., None] * _COSINE_SIGN + self._cos_top) / (lengths[..., None] * self._cos_bottom[0]
                                                                                 + self._cos_bottom[1])
         angles = np.arccos(np.minimum(np.maximum(cosines, -1.0), 1.0))  # (n, L, now/wanted, hip/knee)
-        pair = np.concatenate([(knee - hip + POLE_PULL * direction)[..., None, :], legs[..., 1:, :]], -2)
-        normals = pair @ (legs[..., 0, :] @ -_SKEW).reshape(hip.shape + (3,))  # ankle x pole, ankle x target
+        # Planes, as normals: of the model's knee (line x knee), of the pole, of the swing (line x target).
+        # The pole is the model's knee; where the leg must bend further out than the model's knee is (a nearly
+        # straight leg, whose bend direction is noise), the foot's direction makes up the difference. The leg
+        # first swivels about the hip-ankle line from the model's plane into the pole's (the ankle stays, the
+        # solve stays exact), then bends in it and swings. A leg asked for no change keeps the model's pose.
+        bent = np.sqrt((np.cross(legs[..., 0, :], knee - hip) ** 2).sum(-1)) / have  # knee's distance to the line
+        out = np.maximum(self._thigh * np.sin(angles[..., 1, 0]), STRAIGHT_M)  # how far out the knee must go
+        pull = np.maximum(out - bent, 0.0)[..., None]
+        pair = np.concatenate([(knee - hip)[..., None, :], (knee - hip + pull * direction)[..., None, :],
+                               legs[..., 1:, :]], -2)
+        normals = pair @ (legs[..., 0, :] @ -_SKEW).reshape(hip.shape + (3,))
         sizes = np.sqrt((normals * normals).sum(-1))
-        swing = np.arctan2(sizes[..., 1], (legs[..., 0, :] * legs[..., 1, :]).sum(-1))
-        # The new local rotations are the old ones turned by these, in their parents' frames (about axes seen
-        # from hip's parent, hip and knee): hip by swing about m then the hip's bend about n; knee by its
-        # bend; ankle back by both bends and the swing, then by the held turn about the vertical.
-        axes = (normals / np.maximum(sizes, 1e-12)[..., None])[:, :, None] @ frames[:, :, :3]  # (n, L, 3, 2, 3)
-        axes = np.concatenate([axes.reshape(axes.shape[:2] + (6, 3)), frames[:, :, 2, 1:2]], 2)[:, :, _FACTOR_AXES]
-        spins = np.concatenate([swing[..., None], angles[:, :, 1] - angles[:, :, 0], held[..., 3:]], -1) @ _FACTOR_SPINS
+        normals = normals / np.maximum(sizes, 1e-12)[..., None]
+        model_n = np.where((sizes[..., :1] > 1e-12), normals[..., 0, :], normals[..., 1, :])
+        pole_n, line = normals[..., 1, :], legs[..., 0, :] / have[..., None]
+        across = (pole_n[..., None, :] @ (model_n @ -_SKEW).reshape(hip.shape + (3,)))[..., 0, :]  # model_n x pole_n
+        asked = np.minimum(np.sqrt(((target - ankle) ** 2).sum(-1)) / 1e-3, 1.0)
+        swivel = np.arctan2((across * line).sum(-1), (model_n * pole_n).sum(-1)) * asked
+        swing = np.arctan2(sizes[..., 2], (legs[..., 0, :] * legs[..., 1, :]).sum(-1))
+        # The new local rotations are the old ones turned by these factors, about axes seen from the joint's
+        # parent (hip's parent, hip, knee): the hip by the swing, its bend and the swivel; the knee by its bend
+        # about the model's knee axis; the ankle back by all of the leg's turn, then by the held turn.
+        vectors = np.concatenate([normals[..., 2:, :], normals[..., 1:2, :], line[..., None, :], model_n[..., None, :]], -2)
+        axes = vectors[:, :, None] @ frames[:, :, :3]  # (n, L, 3 frames, 4: m, n, line, model's n, 3)
+        axes = np.concatenate([axes.reshape(axes.shape[:2] + (12, 3)), frames[:, :, 2, 1:2]], 2)[:, :, _FACTOR_AXES]
+        spins = np.concatenate([swing[..., None], angles[:, :, 1] - angles[:, :, 0], held[..., 3:], swivel[..., None]],
+                               -1) @ _FACTOR_SPINS
         half = np.cos(spins[..., None] - _SIN_COS)  # sin, cos of half the angle
-        factors = np.concatenate([axes * half[..., :1], half[..., 1:]], -1).reshape(axes.shape[:2] + (3, 3, 4))
+        factors = np.concatenate([axes * half[..., :1], half[..., 1:]], -1).reshape(axes.shape[:2] + (3, 4, 4))
         q = rotations[:, self._solved].astype(np.float64).reshape(factors.shape[:2] + (3, 4))
-        for k in (2, 1, 0):
+        for k in (3, 2, 1, 0):
             q = ((factors[..., k, :] @ _QUAT_LEFT).reshape(q.shape + (4,)) @ q[..., None])[..., 0]
         shown[:, self._solved] = q.reshape(len(q), -1, 4)
         return shown
