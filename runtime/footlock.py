@@ -64,12 +64,12 @@ for _col, _terms in {0: [(0, 1)], 1: [(1, 1)], 2: [(4, 1)], 4: [(2, 1)], 8: [(4,
                      10: [(0, -1)], 11: [(3, 1)]}.items():
     for _row, _sign in _terms:
         _FACTOR_SPINS[_row, _col] = 0.5 * _sign
-# a @ _QUAT_LEFT, reshaped (4, 4), is the matrix of a (x): (a (x) b) = that @ b.
-_QUAT_LEFT = np.zeros((4, 16))
-for _r, _row in enumerate([[(3, 1), (2, -1), (1, 1), (0, 1)], [(2, 1), (3, 1), (0, -1), (1, 1)],
-                           [(1, -1), (0, 1), (3, 1), (2, 1)], [(0, -1), (1, -1), (2, -1), (3, 1)]]):
-    for _c, (_k, _v) in enumerate(_row):
-        _QUAT_LEFT[_k, 4 * _r + _c] = _v
+# The Hamilton product as a bilinear map: [a_i b_j for i, j] @ _QUAT_PRODUCT = a (x) b, (x, y, z, w) order.
+_QUAT_PRODUCT = np.zeros((16, 4))
+for _r, _row in enumerate([[(3, 0, 1), (0, 3, 1), (1, 2, 1), (2, 1, -1)], [(3, 1, 1), (1, 3, 1), (2, 0, 1), (0, 2, -1)],
+                           [(3, 2, 1), (2, 3, 1), (0, 1, 1), (1, 0, -1)], [(3, 3, 1), (0, 0, -1), (1, 1, -1), (2, 2, -1)]]):
+    for _i, _j, _v in _row:
+        _QUAT_PRODUCT[4 * _i + _j, _r] = _v
 # Law of cosines, (n, L, now/wanted, hip/knee): (d^2 * sign + top) / (d * bottom[0] + bottom[1]).
 _COSINE_SIGN = np.array([1.0, -1.0])
 # axis @ _SKEW = the cross-product matrix of axis, flattened.
@@ -325,14 +325,13 @@ class FootLock:
         # straight leg, whose bend direction is noise), the foot's direction makes up the difference. The leg
         # first swivels about the hip-ankle line from the model's plane into the pole's (the ankle stays, the
         # solve stays exact), then bends in it and swings. A leg asked for no change keeps the model's pose.
-        bent = np.sqrt((np.cross(legs[..., 0, :], knee - hip) ** 2).sum(-1)) / have  # knee's distance to the line
+        crosses = np.concatenate([(knee - hip)[..., None, :], direction[..., None, :], legs[..., 1:, :]], -2) \
+            @ (legs[..., 0, :] @ -_SKEW).reshape(hip.shape + (3,))  # line x knee, line x foot, line x target
+        bent = np.sqrt((crosses[..., 0, :] ** 2).sum(-1)) / have  # the knee's distance to the line
         out = np.maximum(self._thigh * np.sin(angles[..., 1, 0]), STRAIGHT_M)  # how far out the knee must go
-        pull = np.maximum(out - bent, 0.0)[..., None]
-        pair = np.concatenate([(knee - hip)[..., None, :], (knee - hip + pull * direction)[..., None, :],
-                               legs[..., 1:, :]], -2)
-        normals = pair @ (legs[..., 0, :] @ -_SKEW).reshape(hip.shape + (3,))
-        sizes = np.sqrt((normals * normals).sum(-1))
-        normals = normals / np.maximum(sizes, 1e-12)[..., None]
+        crosses[..., 1, :] = crosses[..., 0, :] + np.maximum(out - bent, 0.0)[..., None] * crosses[..., 1, :]
+        sizes = np.sqrt((crosses * crosses).sum(-1))
+        normals = crosses / np.maximum(sizes, 1e-12)[..., None]
         model_n = np.where((sizes[..., :1] > 1e-12), normals[..., 0, :], normals[..., 1, :])
         pole_n, line = normals[..., 1, :], legs[..., 0, :] / have[..., None]
         across = (pole_n[..., None, :] @ (model_n @ -_SKEW).reshape(hip.shape + (3,)))[..., 0, :]  # model_n x pole_n
@@ -351,7 +350,7 @@ class FootLock:
         factors = np.concatenate([axes * half[..., :1], half[..., 1:]], -1).reshape(axes.shape[:2] + (3, 4, 4))
         q = rotations[:, self._solved].astype(np.float64).reshape(factors.shape[:2] + (3, 4))
         for k in (3, 2, 1, 0):
-            q = ((factors[..., k, :] @ _QUAT_LEFT).reshape(q.shape + (4,)) @ q[..., None])[..., 0]
+            q = ((factors[..., k, :, None] * q[..., None, :]).reshape(-1, 16) @ _QUAT_PRODUCT).reshape(q.shape)
         shown[:, self._solved] = q.reshape(len(q), -1, 4)
         return shown
 
