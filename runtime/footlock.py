@@ -46,10 +46,6 @@ RELEASE_RISE_M = 0.03  # a lock whose held joint the model lifts this far above 
 STRAIGHT_M = 0.01  # a knee closer than this to its hip-ankle line bends toward the foot rather than its own offset
 _TOE_NAMES = ("toe", "ball")
 _HORIZONTAL = np.array([1.0, 0.0, 1.0, 1.0])  # held: offset x, (y), offset z, turn
-# A turn about +Y by a: cos(a) * _TURN_COS + sin(a) * _TURN_SIN + _TURN_ONE.
-_TURN_COS = np.diag([1.0, 0.0, 1.0])
-_TURN_SIN = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
-_TURN_ONE = np.diag([0.0, 1.0, 0.0])
 # [cos a, sin a, 1] @ _TURN = a turn about +Y by a, flattened; cos(a * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) makes it.
 _COS_SIN_ONE = np.array([[1.0, 1.0, 0.0], [0.0, np.pi / 2, 0.0]])
 _TURN = np.zeros((3, 9))
@@ -257,9 +253,9 @@ class FootLock:
         # Locks, with hysteresis. A lock also ends when the model clearly lifts the held joint (its contacts lag
         # behind toe-off); such a release, like an early one, re-arms once the contact drops or the fade ends.
         contact = contacts[:, self._columns].max(-1)
-        was, since = self.locked[sel], self.since[sel] + 1.0
+        was, since, enabled = self.locked[sel], self.since[sel] + 1.0, self.enabled[sel][:, None]
         armed = self.armed[sel] | (contact < s.contact_off) | (since > s.blend_frames)
-        locked = (contact >= s.contact_off) & (was | (armed & (contact >= s.contact_on))) & self.enabled[sel][:, None]
+        locked = (contact >= s.contact_off) & (was | (armed & (contact >= s.contact_on))) & enabled
         ground = np.where(locked & ~was, pin[..., 1], self._ground[sel])
         self._ground[sel] = ground
         lifted = locked & (pin[..., 1] - ground > RELEASE_RISE_M)
@@ -285,7 +281,6 @@ class FootLock:
         turn = (np.cos(held[..., 3:] * _COS_SIN_ONE[0] - _COS_SIN_ONE[1]) @ _TURN).reshape(held.shape[:-1] + (3, 3))
         target = pin + (turn @ (ankle - pin)[..., None])[..., 0] + held[..., :3]
         # Floor: the foot is lifted so that none of its contact joints is below it.
-        enabled = self.enabled[sel][:, None]
         arc = fade[..., 0] * (1.0 - fade[..., 0]) * ~locked
         target[..., 1] += np.maximum(s.floor_m - points[:, :, 4:, 1].min(-1), 0.0) * enabled \
             + (16.0 * s.step_lift) * self.stride[sel] * arc * arc
