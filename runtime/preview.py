@@ -68,9 +68,12 @@ def ffmpeg_available() -> bool:
 
 
 def _follow(root: np.ndarray, width: int) -> np.ndarray:
-    """Moving average (T, K, 2) of the root's ground position over width frames, edges held."""
+    """Centred moving average (T, K, 2) of the root's ground position over width frames.
+
+    The ends are padded by odd reflection (continuing the motion), so a steady walk is followed without lag.
+    """
     half = width // 2
-    padded = np.concatenate([np.repeat(root[:1], half, 0), root, np.repeat(root[-1:], half, 0)])
+    padded = np.pad(root, ((half, half), (0, 0), (0, 0)), mode="reflect", reflect_type="odd")
     sums = np.cumsum(np.concatenate([np.zeros_like(root[:1]), padded]), axis=0)
     return (sums[2 * half + 1:] - sums[:-2 * half - 1]) / (2 * half + 1)
 
@@ -234,9 +237,11 @@ def _write_gif(path: Path, scene: _Scene, frames: list[int], fps: float) -> None
         # A palette per frame (fast octree, 64 colours): a shared one could lose a colour the first frame lacks.
         images.append(Image.fromarray(scene.rgb()).quantize(24, method=Image.Quantize.FASTOCTREE,
                                                             dither=Image.Dither.NONE))
+    # GIF delays are whole centiseconds: round the frames' times, not each delay, so the clip keeps its length.
+    centiseconds = np.round(100 * np.arange(len(images) + 1) / fps)
     with atomic_path(path, suffix=".gif") as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
-                       loop=0)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=[int(d) for d in 10 * np.diff(centiseconds)], loop=0)
 
 
 def _write_mp4(path: Path, scene: _Scene, frames: list[int], fps: float) -> None:
