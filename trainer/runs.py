@@ -89,3 +89,14 @@ def plot_loss_curves(ax: Axes, x: list, history: list[dict], keys: tuple[str, ..
     ax.set_yscale("log")
     ax.set_ylabel("loss (normalised units)")
     ax.grid(alpha=0.3)
+
+
+def run_summary(out: Path, history: list[dict], keys: tuple[str, ...]) -> str:
+    """One line for the end of a run: steps and training time, the last logged values of keys, where the run is."""
+    if not history:
+        return f"nothing trained; run in {out}"
+    last = history[-1]
+    minutes, seconds = divmod(round(sum(row["seconds"] for row in history)), 60)
+    values = ", ".join(f"{key} {last[key]:.4g}" for key in keys if key in last)
+    return (f"trained {last['step']:,} steps in {minutes} min {seconds} s; last logged {values}; "
+            f"run in {out} (checkpoint.pt, log.csv, losses.png)")

@@ -25,8 +25,8 @@ from .config import ConfigError, TrainConfig, from_dict, load_config, parse_over
 from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, load_frames, rollout_window,
                    training_clips)
 from .models import KLSchedule, ModelSpec, MotionVAE, kl_divergence, reconstruction_loss
-from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
-                   write_history_csv)
+from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, run_summary, seed_everything,
+                   set_rng_state, write_history_csv)
 
 RESUMABLE_CHANGES = ("device", "threads")  # settings a resumed run may change without altering results
 START_FRAMES = 16                           # condition windows kept in the checkpoint for export/runtime
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if "RANK" not in os.environ or os.environ["RANK"] == "0":
-        print(f"run written to {out}")
+        print(run_summary(out, read_checkpoint(out / CHECKPOINT_NAME)["history"], ("loss", "recon", "kl", "commit")))
     return 0
 
 

@@ -34,8 +34,8 @@ from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, h
                    parse_layout, parse_skeleton, training_clips)
 from .models import MotionTokenizer, TokenizerSpec
 from .models.tokenizer import QUANTIZERS
-from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
-                   write_history_csv)
+from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, run_summary, seed_everything,
+                   set_rng_state, write_history_csv)
 
 FORMAT = "motion-tokenizer-checkpoint"
 VERSION = 1
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FramesError, ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"run written to {out}")
+    print(run_summary(out, read_tokenizer_checkpoint(out)["history"], ("loss", "recon", "perplexity", "usage")))
     return 0
 
 
