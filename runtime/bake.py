@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the latents (default 0)")
     p.add_argument("--characters", type=int, default=1, help="characters baked side by side (default 1)")
     p.add_argument("--start", type=int, help="start frame index from the model's start frames (default random)")
-    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="onnxruntime device: %(choices)s (default %(default)s)")
     p.add_argument("--control", metavar="JSON", help="steer with the model's policies: a joystick script or a "
                    "path (see runtime/control.py ControlScript)")
     p.add_argument("--preview", metavar="FILE", help="also render a 3-D preview following each character (up to "

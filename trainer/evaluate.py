@@ -425,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", dest="length", type=int, default=10_000, help="frames per rollout (default 10000)")
     parser.add_argument("--holdout-every", type=int,
                         help=f"held-out clips for reconstruction (default: the run's, else {DEFAULT_HOLDOUT_EVERY})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the rollouts (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", help="where to write the JSON (default: eval.json beside the checkpoint)")
     parser.add_argument("--strict", action="store_true", help="exit with code 1 when any flag is raised")

@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joints", help="expected joint count in each file, or comma-separated joint names to keep")
     p.add_argument("--scale", type=_parse_scale, default="auto",
                    help=f"metres per file unit, or a unit ({', '.join(UNITS)}); default: auto from the body height")
-    p.add_argument("--up", choices=["auto", "y", "z"], default="auto", help="the files' up axis (default auto)")
+    p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
+                   help="the files' up axis: %(choices)s; auto tells it from the body's shape (default %(default)s)")
     p.add_argument("--no-contacts", action="store_true", help="leave out the foot-contact block")
     p.add_argument("--preview", metavar="FILE", help="also render the first clip in 3-D, as decoded from its "
                    "features: .gif, .mp4 (needs ffmpeg) or .png (its last frame)")
