@@ -401,7 +401,7 @@ SHORTCUTS = {
                  "codebook learned by gradient",
     "window": "frames per training window",
     "batch_size": "windows per mini-batch",
-    "steps": "optimiser steps in all (a resumed run may raise it)",
+    "steps": "optimiser steps in all; a resumed run may raise it",
     "lr": "AdamW learning rate after the warm-up",
     "warmup_steps": "steps of linear learning-rate warm-up",
     "log_every": "steps between log rows and checkpoints",
