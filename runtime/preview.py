@@ -120,8 +120,9 @@ class _Scene:
         self.fig = plt.figure(figsize=(panel_w * cols, panel_h * rows + top), dpi=100)
         self.fig.subplots_adjust(0, 0, 1, 1 - top / (panel_h * rows + top), 0, 0)
         self.heading = self.fig.text(0.5, 0.99, "", ha="center", va="top", fontsize=10)
-        self.fig.text(0.99, 0.005, "feet: red on the ground, blue in the air", ha="right", va="bottom",
-                      fontsize=7, color="0.35")
+        if self.contact_joints:
+            self.fig.text(0.99, 0.005, "feet: red on the ground, blue in the air", ha="right", va="bottom",
+                          fontsize=7, color="0.35")
         self.panels = []
         for i in range(k):
             ax = self.fig.add_subplot(rows, cols, i + 1, projection="3d", computed_zorder=False)
