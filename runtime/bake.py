@@ -20,6 +20,7 @@ from .controller import Controller
 from .gltf import write_glb
 from .model import MotionModel, ModelError, load_model
 from .motion import Motion
+from .preview import MAX_PANELS, PreviewError, check_output, render
 
 FORMATS = (".npz", ".bvh", ".glb")
 EXAMPLES = """examples:
@@ -124,10 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the latents (default 0)")
     p.add_argument("--characters", type=int, default=1, help="characters baked side by side (default 1)")
     p.add_argument("--start", type=int, help="start frame index from the model's start frames (default random)")
-    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="onnxruntime device: %(choices)s (default %(default)s)")
     p.add_argument("--control", metavar="JSON", help="steer with the model's policies: a joystick script or a "
                    "path (see runtime/control.py ControlScript)")
-    p.add_argument("--preview", metavar="GIF", help="also render a stick-figure animation of character 0")
+    p.add_argument("--preview", metavar="FILE", help="also render a 3-D preview following each character (up to "
+                   f"{MAX_PANELS} side by side): .gif, .mp4 (needs ffmpeg) or .png (the last frame)"),
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -139,8 +142,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for path in [out] + ([Path(args.preview)] if args.preview else []):
         if not path.parent.is_dir():
             raise BakeError(f"{path}: the output folder {path.parent} does not exist")
-    if args.preview and Path(args.preview).suffix.lower() != ".gif":
-        raise BakeError(f"{args.preview}: --preview writes a .gif")
+    if args.preview:
+        check_output(args.preview)
     if args.frames < 1 or args.characters < 1:
         raise BakeError("--frames and --characters must be at least 1")
 
@@ -171,19 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.start is not None and not 0 <= args.start < len(model.start_frames):
             raise BakeError(f"--start {args.start}: the model has start frames 0..{len(model.start_frames) - 1}")
         control = _control(args.control, model) if args.control else None
-    except (BakeError, ModelError) as e:
+    except (BakeError, ModelError, PreviewError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet, control=control)
     written = write_clip(Path(args.out), clip)
-    if args.preview:
-        from .preview import animate
-
-        animate(args.preview, clip.positions[:, 0], model.skeleton.parents, model.fps, title=model.name)
     resets = int(clip.resets.sum())
     print(f"baked {args.frames} frames x {args.characters} character(s) at {model.fps:g} fps from {model.name} "
           f"({model.providers[0]}) -> {', '.join(map(str, written))}"
           + (f"; {resets} divergence reset(s)" if resets else ""))
+    if args.preview:
+        print(render(args.preview, clip.positions, model.skeleton, model.fps, clip.contacts,
+                     model.layout.contact_joints, title=model.name))
     return 0
 
 

@@ -25,13 +25,14 @@ from runtime.atomic import atomic_path
 from runtime.bvh import UNITS, MocapError, read_bvh
 from runtime.features import FeatureLayout, decode, encode
 from runtime.motion import Motion
+from runtime.preview import PreviewError, check_output, render
 from runtime.skeleton import Skeleton
 
 MIRROR_SUFFIX = "~mirror"  # a clip's mirrored copy is named NAME~mirror (the trainer's hold-out split pairs them)
 EXAMPLES = """examples:
   python -m trainer.prepare mocap/ -o frames.npz --mirror
   python -m trainer.prepare a.bvh b.bvh -o frames.npz --fps 30 --scale cm --up y
-  python -m trainer.prepare cmu/ -o frames.npz --joints 31 --preview clip.png
+  python -m trainer.prepare cmu/ -o frames.npz --joints 31 --preview clip.gif
   python -m trainer.prepare cmu/ -o frames.npz --joints Hips,LeftUpLeg,LeftLeg,...   (keep a subset)
 """
 
@@ -127,16 +128,13 @@ def save_frames(path: str | Path, prep: Prepared) -> None:
                  source=np.array(json.dumps(prep.source)))
 
 
-def preview(path: str | Path, prep: Prepared, clip: int = 0) -> None:
-    """Draw one clip of prepared data as stick figures, decoded from its features."""
-    from runtime.preview import draw_strip
-
+def preview(path: str | Path, prep: Prepared, clip: int = 0) -> str:
+    """Render one clip of prepared data in 3-D, decoded from its features; returns what was drawn."""
     first = 0 if clip == 0 else int(prep.end_indices[clip - 1]) + 1
     feats = prep.data[first:int(prep.end_indices[clip]) + 1].astype(np.float64)
-    pose, _, yaw = decode(feats, prep.layout, prep.skeleton, prep.clip_start_root[clip])
-    cj = [prep.layout.joint_names.index(n) for n in prep.layout.contact_joints]
-    draw_strip(path, pose.positions, prep.skeleton.parents, title=prep.clip_names[clip],
-               contacts=pose.contacts, contact_joints=cj, yaw=yaw)
+    pose, _, _ = decode(feats, prep.layout, prep.skeleton, prep.clip_start_root[clip])
+    return render(path, pose.positions, prep.skeleton, prep.layout.fps, pose.contacts, prep.layout.contact_joints,
+                  title=prep.clip_names[clip])
 
 
 def _parse_joints(text: str | None) -> int | list[str] | None:
@@ -170,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joints", help="expected joint count in each file, or comma-separated joint names to keep")
     p.add_argument("--scale", type=_parse_scale, default="auto",
                    help=f"metres per file unit, or a unit ({', '.join(UNITS)}); default: auto from the body height")
-    p.add_argument("--up", choices=["auto", "y", "z"], default="auto", help="the files' up axis (default auto)")
+    p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
+                   help="the files' up axis: %(choices)s; auto tells it from the body's shape (default %(default)s)")
     p.add_argument("--no-contacts", action="store_true", help="leave out the foot-contact block")
-    p.add_argument("--preview", metavar="PNG", help="also draw the first clip as stick figures")
+    p.add_argument("--preview", metavar="FILE", help="also render the first clip in 3-D, as decoded from its "
+                   "features: .gif, .mp4 (needs ffmpeg) or .png (its last frame)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -186,20 +186,22 @@ def main(argv: list[str] | None = None) -> int:
             raise MocapError(f"{out}: the output folder {out.parent} does not exist")
         if not args.fps > 0:
             raise MocapError(f"--fps must be positive, got {args.fps}")
+        if args.preview:
+            check_output(args.preview)
         files = find_bvh_files(args.inputs)
         prep = prepare(files, args.fps, args.mirror, args.scale, args.up, _parse_joints(args.joints),
                        not args.no_contacts, progress=not args.quiet)
-    except MocapError as e:
+    except (MocapError, PreviewError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     save_frames(out, prep)
-    if args.preview:
-        preview(args.preview, prep)
     s, lay = prep.source, prep.layout
     print(f"{s['clips']} clips ({len(files)} files{', mirrored' if args.mirror else ''}), {s['frames']} frames, "
           f"{s['minutes']:.2f} min at {args.fps:g} fps | skeleton: {prep.skeleton.n_joints} joints, root "
           f"{prep.skeleton.names[0]}, contacts {', '.join(lay.contact_joints) or 'none'} | "
           f"{lay.size} features/frame -> {out}")
+    if args.preview:
+        print(preview(args.preview, prep))
     return 0
 
 
