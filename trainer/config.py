@@ -41,6 +41,7 @@ class TrainConfig:
     # data
     normalisation: str = "zscore"     # zscore | minmax | none
     holdout_every: int = 0            # hold out every k-th clip (0: train on all clips)
+    balance_speed: float = 0.0        # draw windows by root speed density^-this (0: uniform, 1: every speed alike)
     # loop
     batch_size: int = 64
     rollout: int = 8
@@ -93,7 +94,7 @@ class TrainConfig:
             raise ConfigError("future_weights must be non-negative with a positive sum")
         if not 0.0 < self.vq_decay < 1.0:
             raise ConfigError(f"vq_decay = {self.vq_decay}: must lie in (0, 1)")
-        for key in ("condition_noise", "foot_weight", "fk_weight"):
+        for key in ("condition_noise", "foot_weight", "fk_weight", "balance_speed"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} = {getattr(self, key)}: must not be negative")
         if self.lr <= 0 or self.lr_end < 0:

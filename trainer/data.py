@@ -16,6 +16,7 @@ from runtime.skeleton import Skeleton
 from .prepare import MIRROR_SUFFIX
 
 REQUIRED_KEYS = ("data", "end_indices", "layout", "skeleton", "fps")
+SPEED_BIN_MPS = 0.25  # root-speed bins of the speed-balanced sampler
 
 
 class FramesError(ValueError):
@@ -226,6 +227,27 @@ class RolloutSampler:
         self.window = window
         self.batch_size = batch_size
         self.rank, self.world = rank, world
+        self.weights: torch.Tensor | None = None
+
+    def balance_speed(self, frames: Frames, strength: float, bin_mps: float = SPEED_BIN_MPS) -> None:
+        """Draw windows against how common their root speed is: weight density^-strength (0 keeps uniform).
+
+        Each window's speed is its frames' mean root speed, binned every bin_mps; strength 1 makes every
+        bin equally likely. Rare gaits (running in mostly-walking mocap) then get as many updates as common
+        ones, while what follows a given pose, within its clip, is unchanged.
+        """
+        if strength <= 0:
+            self.weights = None
+            return
+        root = frames.data[:, frames.layout.slice("root")]
+        speed = np.hypot(root[:, 0], root[:, 1]) * frames.fps
+        cumulative = np.concatenate([[0.0], np.cumsum(speed)])
+        first = self.starts.numpy()
+        mean = (cumulative[first + self.window] - cumulative[first]) / self.window
+        bins = np.floor(mean / bin_mps).astype(np.int64)
+        density = np.bincount(bins)[bins] / len(bins)
+        weights = density ** -strength
+        self.weights = torch.from_numpy(weights / weights.sum())
 
     def __len__(self) -> int:
         """Batches in one full epoch (at least one; drawn with replacement when starts are too few)."""
@@ -235,7 +257,9 @@ class RolloutSampler:
         """Yield (batch, window) frame-index tensors for one epoch; limit caps the batch count."""
         n_batches = limit or len(self)
         need = n_batches * self.batch_size * self.world
-        if need <= len(self.starts):
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, need, replacement=True, generator=generator)
+        elif need <= len(self.starts):
             order = torch.randperm(len(self.starts), generator=generator)[:need]
         else:
             order = torch.randint(len(self.starts), (need,), generator=generator)

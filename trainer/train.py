@@ -292,6 +292,7 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
         raise FramesError(f"{frames.path}: holding out every {config.holdout_every} clip(s) leaves none to train on")
     sampler = RolloutSampler(frames, clips, rollout_window(config.n_cond, config.rollout, config.n_future),
                              config.batch_size, world.rank, world.world)
+    sampler.balance_speed(frames, config.balance_speed)
     normaliser = (Normaliser.from_state(state["normaliser"]) if state else
                   Normaliser.fit(frames.data[clip_rows(frames, clips)], config.normalisation))
     data = torch.from_numpy(normaliser.normalise(frames.data)).to(device)
