@@ -15,14 +15,16 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_paths
 from .bvh import write_bvh
-from .cli import UsageError, check_memory, check_output_file, fail, number, parse, progress as with_progress, require
-from .control import ControlScript
+from .cli import UsageError, check_input_file, check_memory, check_output_file, fail, number, parse, require
+from .cli import progress as with_progress
+from .control import ControlScript, resample_path
 from .controller import Controller
 from .gltf import write_glb
 from .model import MotionModel, ModelError, load_model
 from .motion import Motion
 
 FORMATS = (".npz", ".bvh", ".glb")
+MAX_CONTROL_BYTES = 64 << 20
 EXAMPLES = """examples:
   python -m runtime.bake clip.npz                         # 300 frames from the shipped default model
   python -m runtime.bake walk.glb --frames 900 --seed 3   # open in Godot 4 or Blender
@@ -155,23 +157,45 @@ def _check_args(args: argparse.Namespace) -> list[Path]:
     return outputs
 
 
-def _check_size(args: argparse.Namespace, model: MotionModel) -> None:
+def _check_size(args: argparse.Namespace, model: MotionModel, control: ControlScript | None) -> None:
     """The memory the bake's arrays will take, checked against this machine's before allocating them."""
     j, c, f = model.skeleton.n_joints, len(model.layout.contact_joints), model.frame_size
     per_frame = 4 * (3 + 4 * j + 3 * j + c + f) + 1  # float32 poses, contacts and features, a reset flag
     per_character = 4 * (2 * model.n_cond * f + 8 * j + 3 * j + f + c + model.latent_size) * 4  # controller
+    if control is not None and control.task == "path":  # every character keeps the path resampled
+        per_character += 16 * len(resample_path(control.rows, control.closed))
     check_memory(float(args.frames) * args.characters * per_frame + float(args.characters) * per_character,
                  f"--frames {args.frames} x --characters {args.characters}")
 
 
+class _NotJsonNumber(ValueError):
+    """NaN or Infinity in a JSON file: Python's parser takes them, JSON does not."""
+
+
+def _no_constant(name: str) -> float:
+    raise _NotJsonNumber(name)
+
+
 def _control(path: str, model: MotionModel) -> ControlScript:
     """The --control file, checked against the model's policies."""
+    check_input_file(path, "control file")
+    if Path(path).stat().st_size > MAX_CONTROL_BYTES:
+        raise BakeError(f"{path}: a control file of at most {MAX_CONTROL_BYTES >> 20} MB was expected")
     try:
-        script = ControlScript.from_json(json.loads(Path(path).read_text(encoding="utf-8")), path)
+        text = Path(path).read_bytes().decode("utf-8-sig")
+        data = json.loads(text, parse_constant=_no_constant)
+        script = ControlScript.from_json(data, path)
     except OSError as e:
         raise BakeError(f"{path}: cannot read the control file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise BakeError(f"{path}: expected UTF-8 JSON text, found a byte that is not UTF-8 at offset {e.start} "
+                        "(save the file as UTF-8)") from None
     except json.JSONDecodeError as e:
         raise BakeError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise BakeError(f"{path}: JSON nested too deeply to be a control file") from None
+    except _NotJsonNumber as e:
+        raise BakeError(f"{path}: expected finite JSON numbers, found {e}") from None
     except ValueError as e:
         raise BakeError(str(e)) from None
     if script.task not in model.policies:
@@ -189,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, providers=args.providers)
         if args.start is not None and not 0 <= args.start < len(model.start_frames):
             raise BakeError(f"--start {args.start}: the model has start frames 0..{len(model.start_frames) - 1}")
-        _check_size(args, model)
         control = _control(args.control, model) if args.control else None
+        _check_size(args, model, control)
         clip = bake(model, args.frames, args.seed, args.characters, args.start, progress=not args.quiet,
                     control=control)
         # Every file (and the preview) is written under a temporary name and renamed only when all succeeded.

@@ -68,7 +68,7 @@ def find_bvh_files(inputs: list[str]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         elif p.exists():
-            raise MocapError(f"{p}: expected a BVH file or a folder, found a special file (a FIFO, socket or device)")
+            raise MocapError(f"{p}: expected a BVH file or a folder, found a FIFO, socket or device")
         else:
             raise MocapError(f"{p}: no such file or folder")
     return files
