@@ -15,6 +15,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .bvh import MocapError, read_bvh, write_bvh
+from .cli import UsageError, check_input_file, check_output_file, fail, parse
 from .model import ModelError
 from .tokenizer import DecodedClip, Tokenizer, Tokens, load_tokenizer, load_tokens, save_tokens
 
@@ -27,20 +28,9 @@ EXAMPLES = """examples:
 """
 
 
-class UsageError(ValueError):
-    """Bad command-line arguments; the message says which and why."""
-
-
 def default_output(source: Path) -> Path:
     """clip.bvh -> clip.tok.npz beside it."""
     return source.with_name(source.stem + ".tok.npz")
-
-
-def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
-    if not any(path.name.lower().endswith(s) for s in suffixes):
-        raise UsageError(f"{path}: unknown output format (expected {', '.join(suffixes)})")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path}: the output folder {path.parent} does not exist")
 
 
 def encode_file(source: Path, tok: Tokenizer, out: Path) -> Tokens:
@@ -86,24 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input (one line on stderr, nothing written)."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         if args.command == "encode":
-            source = Path(args.clip)
+            source = check_input_file(args.clip, "BVH file")
             out = Path(args.output) if args.output else default_output(source)
-            _check_output(out, (".tok.npz",))
+            check_output_file(out, (".tok.npz",))
             tok = load_tokenizer(args.model, providers=args.providers)
             tokens = encode_file(source, tok, out)
         else:
-            out = Path(args.output)
-            _check_output(out, DECODE_FORMATS)
+            out = check_output_file(args.output, DECODE_FORMATS)
             tok = load_tokenizer(args.model, providers=args.providers)
             tokens = load_tokens(args.tokens)
             clip = tok.decode(tokens)
             write_decoded(out, clip, tok, tokens)
     except (UsageError, MocapError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
+    except OSError as e:
+        return fail(f"{e.filename or args.output}: cannot write ({e.strerror or e})")
     n, fpt = len(tokens.codes), tokens.frames_per_token
     if args.command == "encode":
         if tokens.padded:
