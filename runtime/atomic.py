@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -41,7 +42,10 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete temporary files of path left by writers that died before renaming them; returns those deleted."""
+    """Delete temporary files (or staged folders) of path left by writers that died before renaming them.
+
+    Returns those deleted.
+    """
     path = Path(path)
     removed = []
     try:
@@ -53,7 +57,10 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         try:
             stale = not _alive(int(pid_text)) if pid_text.isdigit() else \
                 time.time() - tmp.stat().st_mtime > UNNAMED_STALE_S
-            if stale and tmp.is_file():
+            if stale and tmp.is_dir() and not tmp.is_symlink():  # a staged directory (trainer/staging.py)
+                shutil.rmtree(tmp)
+                removed.append(tmp)
+            elif stale:
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:

@@ -42,6 +42,11 @@ def fail(exc: BaseException | str) -> int:
     return 2
 
 
+def write_error(e: OSError, path: str | os.PathLike) -> str:
+    """The one-line message of a failed file operation: the file, then the system's reason."""
+    return f"{e.filename or path}: {e.strerror or e}"
+
+
 def _one_line_error(parser: argparse.ArgumentParser, message: str) -> None:
     parser.exit(2, f"{parser.prog}: error: {' '.join(message.split())} (see --help)\n")
 
@@ -173,11 +178,15 @@ def check_output_folder(folder: Path, target: Path | None = None) -> None:
 
 def require(module: str, purpose: str | None = None) -> None:
     """Fail in one line, before any work, when an optional package is missing; the message names its extra."""
-    if importlib.util.find_spec(module) is not None:
-        return
-    extra, what = EXTRAS.get(module, (None, module))
-    install = f"pip install '{PACKAGE}[{extra}]'" if extra else f"pip install {module}"
-    raise UsageError(f"{purpose or what} needs {module}, which is not installed: {install}")
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{purpose or EXTRAS.get(module, (None, module))[1]} needs {_missing(module)}")
+
+
+def _missing(module: str) -> str:
+    """'MODULE, which is not installed: pip install ...' naming the extra of this project that brings it."""
+    extra = EXTRAS.get(module, (None,))[0]
+    return f"{module}, which is not installed: " + (f"pip install '{PACKAGE}[{extra}]'" if extra
+                                                    else f"pip install {module}")
 
 
 def progress(items: Iterable, enabled: bool = True, **kwargs: Any) -> Iterable:
@@ -187,3 +196,18 @@ def progress(items: Iterable, enabled: bool = True, **kwargs: Any) -> Iterable:
     from tqdm import tqdm
 
     return tqdm(items, **kwargs)
+
+
+def exit_when_missing(package: str, module: str, free: tuple[str, ...] = ()) -> None:
+    """Stop `python -m PACKAGE.COMMAND` in one line (exit 2) when the command needs a module that is missing.
+
+    Called from a package's __init__, which runs before the command's own imports would fail with a
+    traceback; commands named in free run without the module.
+    """
+    argv = list(getattr(sys, "orig_argv", []))[1:]
+    target = next((a[2:] or (argv[i + 1] if i + 1 < len(argv) else "") for i, a in enumerate(argv)
+                   if a.startswith("-m")), "")
+    if not target.startswith(package + ".") or target.split(".")[1] in free:
+        return
+    if importlib.util.find_spec(module) is None:
+        sys.exit(fail(f"python -m {target} needs {_missing(module)}"))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from runtime.atomic import atomic_write_text
+from runtime.cli import UsageError, check_memory, check_output_file, fail, parse, write_error
 from runtime.features import FeatureLayout
 from runtime.rotations import yaw_matrix
 
@@ -28,6 +29,7 @@ from .models import kl_per_dimension
 from .runs import resolve_device
 
 DEFAULT_HOLDOUT_EVERY = 10
+ROLLOUT_FRAME_BYTES = 8192.0  # features and decoded poses a rollout keeps per frame (a 22-joint body, roughly)
 ACTIVE_KL = 0.01          # nats: a latent dimension carrying less than this is counted as collapsed
 EXPLODE_MARGIN = 3.0      # block ranges beyond a column's data range: a value there has exploded
 FREEZE_SECONDS = 2.0      # window over which freezing and height are judged
@@ -430,10 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", help="where to write the JSON (default: eval.json beside the checkpoint)")
     parser.add_argument("--strict", action="store_true", help="exit with code 1 when any flag is raised")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
-        if args.rollouts < 1 or args.length < 1 or args.threads < 0:
-            raise FramesError("--rollouts and --frames must be at least 1, --threads not negative")
+        if args.rollouts < 1 or args.length < 1 or args.threads < 0 or args.seed < 0:
+            raise FramesError("--rollouts and --frames must be at least 1, --threads and --seed not negative")
+        if args.json:
+            check_output_file(args.json, (".json",))
+        check_memory(ROLLOUT_FRAME_BYTES * args.rollouts * args.length,
+                     f"--rollouts {args.rollouts} x --frames {args.length}")
         if args.threads:
             torch.set_num_threads(args.threads)
         model = open_model(args.model, args.device)
@@ -442,11 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         if every is None:
             every = model.run.config.holdout_every or DEFAULT_HOLDOUT_EVERY
         result = evaluate(model, frames, every, args.rollouts, args.length, args.seed)
-    except (FramesError, CheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.json) if args.json else checkpoint_path(args.model).parent / "eval.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        out = Path(args.json) if args.json else checkpoint_path(args.model).parent / "eval.json"
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    except (FramesError, CheckpointError, ConfigError, UsageError) as exc:
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.json or args.model))
     print(format_table(result))
     print(f"metrics written to {out}")
     return 1 if args.strict and not result["stable"] else 0
