@@ -111,6 +111,8 @@ def read_meta(folder: Path, required: tuple[str, ...] = REQUIRED) -> dict:
     meta_path = folder / "model.json"
     if not folder.is_dir():
         raise model_error(folder, "no such model directory")
+    if meta_path.exists() and not meta_path.is_file():
+        raise model_error(meta_path, "is not a file (a folder or special file)")
     if not meta_path.is_file():
         raise model_error(folder, "not a model directory (no model.json); export one with `python -m trainer.export`")
     try:
@@ -146,6 +148,8 @@ def checked_file(folder: Path, meta: dict, name: str) -> Path:
     path = folder / name
     if entry is None:
         raise model_error(folder / "model.json", f"'files' does not list {name}")
+    if path.exists() and not path.is_file():
+        raise model_error(path, "is not a file (a folder or special file)")
     if not path.is_file():
         raise model_error(path, "missing from the model directory")
     if sha256_file(path) != entry.get("sha256"):
@@ -248,7 +252,9 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
 # Every field a reader uses is checked here, strictly (types, ranges, shapes, finiteness), when present;
 # read_meta says which must be present. Keys this runtime does not know are tolerated (newer exports add some).
 
-MAX_FPS = 1000.0
+MIN_FPS, MAX_FPS = 1.0, 1000.0
+MAX_ABS_VALUE = 1e6  # features, statistics and codes: beyond this float32 arithmetic overflows in a few steps
+MAX_OFFSET_M = 100.0
 MAX_JOINTS = 1024
 MAX_LATENT = 4096
 MAX_CONDITION_FRAMES = 64
@@ -295,8 +301,9 @@ class _Schema:
             raise self.error(field, "a list of distinct names", f"{dup!r} twice")
         return value
 
-    def array(self, value: object, field: str, shape: tuple[int | None, ...], allow_inf: bool = False) -> np.ndarray:
-        """A nested list of numbers of shape (None: any length >= 1), finite unless allow_inf."""
+    def array(self, value: object, field: str, shape: tuple[int | None, ...], allow_inf: bool = False,
+              limit: float = MAX_ABS_VALUE) -> np.ndarray:
+        """A nested list of numbers of shape (None: any length >= 1), finite unless allow_inf, within +-limit."""
         want = "x".join("N" if s is None else str(s) for s in shape)
         try:
             arr = np.asarray(value)
@@ -312,6 +319,10 @@ class _Schema:
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise self.error(field, "finite numbers" if not allow_inf else "numbers (not NaN)",
                              f"{arr[where]} at index {list(where)}")
+        big = np.isfinite(arr) & (np.abs(arr) > limit)
+        if big.any():
+            where = tuple(int(i) for i in np.argwhere(big)[0])
+            raise self.error(field, f"numbers within +-{limit:g}", f"{arr[where]:g} at index {list(where)}")
         return arr
 
     def file_name(self, value: object, field: str) -> str:
@@ -350,12 +361,9 @@ def check_meta(meta: dict, meta_path: Path, required: tuple[str, ...] = REQUIRED
         if key not in meta:
             raise model_error(meta_path, f"missing field {key!r}")
     s.integer(meta.get("schema_version"), "schema_version", 1, SCHEMA_VERSION)
-    bad = _first_non_finite(meta)
-    if bad is not None:
-        raise model_error(meta_path, f"field {bad[0]!r} must be finite, got {bad[1]}")
     if "name" in meta:
         s.text(meta["name"], "name")
-    fps = s.number(meta["fps"], "fps", 0.0, MAX_FPS, low_open=True) if "fps" in meta else None
+    fps = s.number(meta["fps"], "fps", MIN_FPS, MAX_FPS) if "fps" in meta else None
     skeleton = _check_skeleton(s, meta["skeleton"]) if "skeleton" in meta else None
     layout = _check_layout(s, meta["layout"], skeleton, fps) if "layout" in meta else None
     size = layout.size if layout is not None else None
@@ -365,8 +373,8 @@ def check_meta(meta: dict, meta_path: Path, required: tuple[str, ...] = REQUIRED
             if key not in norm:
                 raise model_error(meta_path, f"missing field 'normalisation.{key}'")
             arr = s.array(norm[key], f"normalisation.{key}", (size,))
-            if key == "scale" and np.any(arr <= 0):
-                raise s.error("normalisation.scale", "positive numbers", f"{arr[np.argmax(arr <= 0)]:g}")
+            if key == "scale" and np.any(arr < 1e-9):  # a zero scale divides by zero
+                raise s.error("normalisation.scale", "numbers of at least 1e-9", f"{arr[np.argmax(arr < 1e-9)]:g}")
     if "bounds" in meta:
         bounds = s.array(meta["bounds"], "bounds", (2, size), allow_inf=True)
         if np.any(bounds[0] >= bounds[1]):
@@ -388,6 +396,9 @@ def check_meta(meta: dict, meta_path: Path, required: tuple[str, ...] = REQUIRED
             _check_policy(s, task, spec, files, size, latent)
     if meta.get("tokenizer") is not None:
         _check_tokenizer(s, meta["tokenizer"], files, size)
+    bad = _first_non_finite(meta)  # in fields read elsewhere, and in those a newer export adds
+    if bad is not None:
+        raise model_error(meta_path, f"field {bad[0]!r} must be finite, got {bad[1]}")
 
 
 def _check_skeleton(s: _Schema, value: object) -> Skeleton:
@@ -405,14 +416,14 @@ def _check_skeleton(s: _Schema, value: object) -> Skeleton:
             or parents[0] != -1 or -1 in parents[1:]:
         raise s.error("skeleton.parents", f"{n} parent indices, -1 for the root (joint 0) and each other joint's "
                                           "parent before it", _short(parents))
-    s.array(d["offsets"], "skeleton.offsets", (n, 3))
+    s.array(d["offsets"], "skeleton.offsets", (n, 3), limit=MAX_OFFSET_M)
     ends = d.get("end_offsets")
     if ends is not None:
         if not isinstance(ends, list) or len(ends) != n:
             raise s.error("skeleton.end_offsets", f"{n} entries (null or [x, y, z])", _short(ends))
         for j, e in enumerate(ends):
             if e is not None:
-                s.array(e, f"skeleton.end_offsets[{j}]", (3,))
+                s.array(e, f"skeleton.end_offsets[{j}]", (3,), limit=MAX_OFFSET_M)
     try:
         return Skeleton.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
@@ -427,7 +438,7 @@ def _check_layout(s: _Schema, value: object, skeleton: Skeleton | None, fps: flo
             unknown = [v for v in s.names(d[key], f"layout.{key}") if v not in names]
             if unknown:
                 raise s.error(f"layout.{key}", "joints of layout.joint_names", repr(unknown[0]))
-    s.number(d.get("fps"), "layout.fps", 0.0, MAX_FPS, low_open=True)
+    s.number(d.get("fps"), "layout.fps", MIN_FPS, MAX_FPS)
     if "version" in d:
         s.integer(d["version"], "layout.version", 1, 1 << 20)
     try:
@@ -484,6 +495,9 @@ def _check_policy(s: _Schema, task: str, spec: object, files: dict, size: int | 
         s.number(action["scale"], f"{where}.action.scale", 0.0, 1e6, low_open=True)
     if "task" in spec:
         s.mapping(spec["task"], f"{where}.task")
+    if task == "path":  # the runtime reads how far ahead the path policy looks
+        s.number((spec.get("task") or {}).get("lookahead_m"), f"{where}.task.lookahead_m", 0.0, 100.0,
+                 low_open=True)
 
 
 def _check_tokenizer(s: _Schema, value: object, files: dict, size: int | None) -> None:

@@ -29,7 +29,7 @@ from runtime.motion import Motion
 from runtime.skeleton import Skeleton
 
 MIRROR_SUFFIX = "~mirror"  # a clip's mirrored copy is named NAME~mirror (the trainer's hold-out split pairs them)
-MAX_FPS = 1000.0
+MIN_FPS, MAX_FPS = 1.0, 1000.0  # target frame rates of training data
 SCALE_RANGE = (1e-6, 1e3)  # metres per file unit: a micrometre to a kilometre
 PREVIEW_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 # Bytes per output frame and joint while a clip is converted (float64 rotations, matrices, positions, features).
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     try:
         check_output_file(out)
-        number(args.fps, "--fps", 0.0, MAX_FPS, low_open=True)
+        number(args.fps, "--fps", MIN_FPS, MAX_FPS)
         if args.preview:
             require("matplotlib", "--preview")
             check_output_file(args.preview, PREVIEW_FORMATS, "--preview")
