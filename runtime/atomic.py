@@ -49,11 +49,14 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     removed = []
     try:
-        candidates = list(path.parent.glob(f".{_glob_escape(path.name)}.*.tmp*"))
+        # .NAME.PID..., and ..NAME.PID... where a writer wrote through another's temporary name.
+        name = path.name.lstrip(".")
+        candidates = [p for p in path.parent.glob(f".*{_glob_escape(name)}.*.tmp*")
+                      if p.name.lstrip(".").startswith(name + ".")]
     except OSError:
         return removed
     for tmp in candidates:
-        pid_text = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid_text = tmp.name.lstrip(".")[len(name) + 1:].split(".", 1)[0]
         try:
             stale = not _alive(int(pid_text)) if pid_text.isdigit() else \
                 time.time() - tmp.stat().st_mtime > UNNAMED_STALE_S

@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .bvh import MocapError, read_bvh, write_bvh
 from .cli import UsageError, check_input_file, check_output_file, fail, parse
 from .model import ModelError
-from .tokenizer import DecodedClip, Tokenizer, Tokens, load_tokenizer, load_tokens, save_tokens
+from .tokenizer import DecodedClip, TokenError, Tokenizer, Tokens, load_tokenizer, load_tokens, save_tokens
 
 DECODE_FORMATS = (".bvh", ".npz")
 EXAMPLES = """examples:
@@ -37,7 +37,11 @@ def encode_file(source: Path, tok: Tokenizer, out: Path) -> Tokens:
     """Encode a BVH file and write its .tok.npz."""
     if source.suffix.lower() != ".bvh":
         raise UsageError(f"{source}: expected a .bvh file to encode")
-    tokens = tok.encode(read_bvh(source))
+    clip = read_bvh(source)
+    try:
+        tokens = tok.encode(clip)
+    except TokenError as e:
+        raise TokenError(f"{source}: {e}") from None
     save_tokens(out, tokens, tok.meta["name"])
     return tokens
 
@@ -88,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             out = check_output_file(args.output, DECODE_FORMATS)
             tok = load_tokenizer(args.model, providers=args.providers)
             tokens = load_tokens(args.tokens)
-            clip = tok.decode(tokens)
+            try:
+                clip = tok.decode(tokens)
+            except TokenError as e:
+                raise TokenError(f"{args.tokens}: {e}") from None
             write_decoded(out, clip, tok, tokens)
     except (UsageError, MocapError, ModelError) as e:
         return fail(e)
