@@ -3,13 +3,11 @@ was expected, exit code 2, nothing written (tests/test_fuzz_*.py fuzz the runtim
 from __future__ import annotations
 
 import importlib
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import one_error_line, run_module
+from tests.conftest import ROOT, one_error_line, run_module
 from tests.contract import check_refusal, run_main, tally
 
 # (module, arguments, the culprit the line must name, outputs that must not appear); {t} is a scratch folder,
@@ -100,4 +98,4 @@ def test_every_cli_refuses_bad_input_in_one_line(tmp_path, inputs, module, args,
 def test_every_cli_in_a_real_process(module, args, culprit):
     done = run_module(module, *args, timeout=180)
     assert done.returncode == 2 and culprit in one_error_line(done.stderr), done.stderr
-    assert not Path("run").exists() and not os.path.exists("r")
+    assert not (ROOT / "run").exists() and not (ROOT / "r").exists()  # run_module runs in the checkout

@@ -3,6 +3,9 @@ that holds finite, consistent data, or is refused by the contract (exit 2, one l
 option, no output, no temp file)."""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -23,10 +26,6 @@ GARBAGE = [b"\x00", b"\xff\xfe", b"\xef\xbb\xbf", b"{", b"}", b"\r", b"\t", b"RO
 
 def base_files() -> list[str]:
     """Valid BVH texts: Y-up in metres with End Sites, and another with every joint's positions in XYZ order."""
-    from runtime.motion import Motion  # noqa: F401  (the writer's input type)
-    import tempfile
-    from pathlib import Path
-
     texts = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, kwargs in enumerate(({}, {"order": "XYZ", "position_joints": "all", "scale": 100.0})):
@@ -87,8 +86,8 @@ def mutate(text: str, rng: np.random.Generator) -> tuple[str, bytes]:
     elif kind == 10:
         names = [(k, ln.split(None, 1)[1]) for k, ln in enumerate(lines) if ln.split()[:1] in (["JOINT"], ["ROOT"])]
         (a, _), (_, b) = (names[int(rng.integers(len(names)))] for _ in range(2))
-        lines[a] = lines[a].split(None, 1)[0].join(["", " " + b]).strip() if False else \
-            f"{lines[a][:len(lines[a]) - len(lines[a].lstrip())]}{lines[a].split()[0]} {b}"
+        indent = lines[a][:len(lines[a]) - len(lines[a].lstrip())]
+        lines[a] = f"{indent}{lines[a].split()[0]} {b}"
         what = f"joint on line {a + 1} renamed {b!r}"
     elif kind == 11:
         chans = [k for k, ln in enumerate(lines) if ln.strip().startswith("CHANNELS")]

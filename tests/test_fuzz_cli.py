@@ -133,11 +133,12 @@ def tokenizer_dir(tmp_path_factory, frames_path) -> Path:
 
 
 def npz_bytes(path: Path, **arrays) -> None:
+    """Write arrays as an .npz at exactly path."""
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 
 
-def token_cases(good: Path, tok_id: str, rng: np.random.Generator) -> list[tuple[str, object]]:
+def token_cases(good: Path, rng: np.random.Generator) -> list[tuple[str, object]]:
     """(what, bytes of the file, or a function writing it): damaged and doctored .tok.npz files."""
     data = good.read_bytes()
     with np.load(good) as f:
@@ -160,7 +161,8 @@ def token_cases(good: Path, tok_id: str, rng: np.random.Generator) -> list[tuple
         ("length 0", doctored(length=np.int64(0))), ("length huge", doctored(length=np.int64(2 ** 62))),
         ("length -5", doctored(length=np.int64(-5))), ("frames_per_token 0", doctored(frames_per_token=np.int64(0))),
         ("frames_per_token 2", doctored(frames_per_token=np.int64(2))),
-        ("codes empty", doctored(codes=np.zeros(0, np.uint16))), ("codes 2-D", doctored(codes=np.zeros((2, 2), np.int64))),
+        ("codes empty", doctored(codes=np.zeros(0, np.uint16))),
+        ("codes 2-D", doctored(codes=np.zeros((2, 2), np.int64))),
         ("codes float", doctored(codes=np.zeros(4, np.float32))), ("code 99", doctored(codes=np.full(4, 99, np.int64))),
         ("code -1", doctored(codes=np.full(4, -1, np.int64))), ("start NaN", doctored(start=np.full(3, np.nan))),
         ("start of 2", doctored(start=np.zeros(2))), ("tokenizer not JSON", doctored(tokenizer=np.array("{"))),
@@ -184,7 +186,7 @@ def test_token_files(tokenizer_dir, tmp_path):
     good = tmp_path / "good.tok.npz"
     save_tokens(good, Tokens(np.array([1, 2, 3, 0]), 14, 4, tok.fps, np.zeros(3), tok.id), "tiny")
     rng = np.random.default_rng(SEED)
-    cases = token_cases(good, tok.id, rng)
+    cases = token_cases(good, rng)
     assert len(cases) >= 30
     accepted = 0
     for n, (what, content) in enumerate(cases):
@@ -218,7 +220,8 @@ def bake_argument_cases(tmp_path: Path) -> list[tuple[list, str, list[Path]]]:
         ([out, "--frames", "0"], "--frames", [out]), ([out, "--frames", "-1"], "--frames", [out]),
         ([out, "--frames", "2000000000"], "--frames", [out]), ([out, "--frames", "abc"], "--frames", [out]),
         ([out, "--frames", "1.5"], "--frames", [out]), ([out, "--characters", "0"], "--characters", [out]),
-        ([out, "--characters", "100000000"], "--characters", [out]), ([out, "--characters", "-1"], "--characters", [out]),
+        ([out, "--characters", "100000000"], "--characters", [out]),
+        ([out, "--characters", "-1"], "--characters", [out]),
         ([out, "--seed", "-1"], "--seed", [out]), ([out, "--seed", "x"], "--seed", [out]),
         ([out, "--start", "-1"], "--start", [out]), ([out, "--start", "999"], "--start", [out]),
         ([out, "--providers", "tpu"], "--providers", [out]), ([out, "--model", tmp_path / "nope"], "nope", [out]),

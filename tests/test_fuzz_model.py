@@ -105,7 +105,8 @@ def listed_cases() -> list[tuple[str, object]]:
         ("blocks that skip columns", edited(lambda m: m["policies"]["target"]["observation"].update(
             blocks=[["frame", 0, size], ["target", size + 1, size + 3]]))),
         ("a path policy without lookahead", edited(lambda m: m["policies"]["path"].update(task={}))),
-        ("a file name with a folder", edited(lambda m: m["files"].update({"../model.json": m["files"]["decoder.onnx"]}))),
+        ("a file name with a folder",
+         edited(lambda m: m["files"].update({"../model.json": m["files"]["decoder.onnx"]}))),
         ("a policy file not listed", edited(lambda m: m["policies"]["joystick"].update(file="other.onnx"))),
         ("sha256 in capitals", edited(lambda m: m["files"]["decoder.onnx"].update(
             sha256=m["files"]["decoder.onnx"]["sha256"].upper()))),
@@ -212,7 +213,6 @@ def test_corrupted_model_directories(tmp_path):
     cases += [json_mutation(rng) for _ in range(80)]
     cases += file_cases(rng)
     assert len(cases) >= 100
-    accepted = []
     for n, (what, content) in enumerate(cases):
         if callable(content):
             folder = new_dir(tmp_path, f"m{n:03d}")
@@ -220,8 +220,6 @@ def test_corrupted_model_directories(tmp_path):
         else:
             folder = new_dir(tmp_path, f"m{n:03d}", content)
         check_bake(tmp_path, folder, f"case {n} ({what})")
-    # The listed silent acceptances are refused now; what newer exports add is still accepted.
-    assert tally is not None
 
 
 def test_listed_corruptions_are_refused_and_additions_accepted(tmp_path):

@@ -23,7 +23,7 @@ from runtime.bake import main as bake_main
 from runtime.bvh import read_bvh, write_bvh
 from runtime.model import DEFAULT_MODEL, load_model
 from runtime.tokenizer import Tokens, save_tokens
-from tests.conftest import ROOT, random_motion, run_module, small_skeleton
+from tests.conftest import ROOT, random_motion, small_skeleton
 from tests.contract import check_refusal, run_main, temporaries
 from trainer.prepare import main as prepare_main
 
