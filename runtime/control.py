@@ -395,6 +395,10 @@ class ControlScript:
       {"task": "joystick", "script": [[t, dir_x, dir_z, speed], ...]}
       {"task": "path", "points": [[x, z], ...], "closed": false}
       {"task": "target", "targets": [[x, z], ...]}    visited in turn (next one once within radius_m)
+
+    Rows are plain JSON numbers (1 to MAX_SCRIPT_ROWS of them): coordinates within +-1e4 m, times from 0 s
+    and never decreasing, speeds 0-20 m/s, a path 0.2 m to 10 km long, radius_m in (0, 100], closed true or
+    false; other keys are refused (a misspelt key would otherwise be ignored).
     """
 
     def __init__(self, task: str, rows: np.ndarray, closed: bool = False, radius_m: float = 0.5) -> None:
