@@ -242,7 +242,7 @@ def test_student_steps_feed_back_the_models_output(coins):
     spec = ModelSpec(frame_size=frame, latent=2, n_cond=n_cond)
     model = Recorder(frame)
     trainer = RolloutTrainer(model, torch.optim.SGD(model.parameters(), lr=0.0), spec, KLSchedule(),
-                             torch.ones(1), 0.0)
+                             torch.ones(1), TrainConfig())
     window = torch.arange(2 * (n_cond + 4) * frame, dtype=torch.float32).view(2, n_cond + 4, frame)
     trainer.run(window, torch.tensor(coins + [False]), step=0)
     assert len(model.seen) == 4

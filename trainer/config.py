@@ -34,6 +34,7 @@ class TrainConfig:
     vq_codes: int = 512
     vq_decay: float = 0.99
     vq_reset_threshold: float = 1.0
+    prior: str = "standard"           # standard: z ~ N(0, I) | learned: z ~ N(mu(c), sigma(c)), a net of the condition
     # data
     normalisation: str = "zscore"     # zscore | minmax | none
     holdout_every: int = 0            # hold out every k-th clip (0: train on all clips)
@@ -57,6 +58,9 @@ class TrainConfig:
     kl_capacity: float = 10.0         # C_max, nats per frame summed over latent dimensions
     kl_capacity_steps: int = 100_000  # optimiser steps over which C rises linearly from 0 to C_max
     commit_weight: float = 0.25
+    condition_noise: float = 0.0      # std of Gaussian noise on the condition the decoder sees (normalised units)
+    foot_weight: float = 0.0          # planted feet's world steps against the data's (cm^2)
+    fk_weight: float = 0.0            # predicted bones against the predicted rotations' rest offsets (cm^2)
 
     @property
     def epochs(self) -> int:
@@ -66,7 +70,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check values and combinations; raise ConfigError naming the first bad one."""
         choices = {"decoder": ("mixture", "single"), "expert_init": ("reference", "linear"),
-                   "normalisation": ("zscore", "minmax", "none"), "kl_mode": ("beta", "capacity")}
+                   "normalisation": ("zscore", "minmax", "none"), "kl_mode": ("beta", "capacity"),
+                   "prior": ("standard", "learned")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -88,6 +93,9 @@ class TrainConfig:
             raise ConfigError("future_weights must be non-negative with a positive sum")
         if not 0.0 < self.vq_decay < 1.0:
             raise ConfigError(f"vq_decay = {self.vq_decay}: must lie in (0, 1)")
+        for key in ("condition_noise", "foot_weight", "fk_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} = {getattr(self, key)}: must not be negative")
         if self.lr <= 0 or self.lr_end < 0:
             raise ConfigError("lr must be positive and lr_end non-negative")
         return self

@@ -26,12 +26,13 @@ from .config import ConfigError, TrainConfig, from_dict, load_config, parse_over
 from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, load_frames, rollout_window,
                    training_clips)
 from .models import KLSchedule, ModelSpec, MotionVAE, kl_divergence, reconstruction_loss
+from .models.pose_losses import PoseLosses
 from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
                    write_history_csv)
 
 RESUMABLE_CHANGES = ("device", "threads")  # settings a resumed run may change without altering results
 START_FRAMES = 16                           # condition windows kept in the checkpoint for export/runtime
-LOSS_KEYS = ("loss", "recon", "kl", "kl_weighted", "commit", "perplexity")
+LOSS_KEYS = ("loss", "recon", "kl", "kl_weighted", "commit", "perplexity", "fk", "foot")
 
 
 def phase(epoch: int, config: TrainConfig) -> str:
@@ -88,9 +89,24 @@ class RolloutTrainer:
     """One mini-batch of rollouts: an optimiser step per rollout step, no backprop across steps."""
 
     def __init__(self, model: nn.Module, optimiser: torch.optim.Optimizer, spec: ModelSpec,
-                 kl: KLSchedule, weights: torch.Tensor, commit_weight: float):
+                 kl: KLSchedule, weights: torch.Tensor, config: TrainConfig, pose: PoseLosses | None = None):
         self.model, self.optimiser, self.spec = model, optimiser, spec
-        self.kl, self.weights, self.commit_weight = kl, weights, commit_weight
+        self.kl, self.weights, self.config, self.pose = kl, weights, config, pose
+
+    def _pose_terms(self, terms: dict, prediction: torch.Tensor, seen: torch.Tensor, window: torch.Tensor,
+                    k: int) -> torch.Tensor:
+        """Add the pose losses of the first predicted frame to terms; return their weighted sum."""
+        pose, config, n_cond = self.pose, self.config, self.spec.n_cond
+        raw = pose.raw(prediction[:, 0])
+        extra = prediction.new_zeros(())
+        if config.fk_weight > 0:
+            terms["fk"] = pose.rotation_gap(raw)
+            extra = extra + config.fk_weight * terms["fk"]
+        if config.foot_weight > 0:
+            terms["foot"] = pose.foot_slide(pose.raw(seen), raw, pose.raw(window[:, n_cond + k - 1]),
+                                            pose.raw(window[:, n_cond + k]))
+            extra = extra + config.foot_weight * terms["foot"]
+        return extra
 
     def run(self, window: torch.Tensor, student: torch.Tensor, step: int) -> dict[str, float]:
         """Train on windows (B, n_cond+rollout+n_future-1, F); student[k] feeds back step k's output.
@@ -104,17 +120,23 @@ class RolloutTrainer:
         steps = len(student)
         for k in range(steps):
             target = window[:, n_cond + k: n_cond + k + n_future]
-            out = self.model(target.flatten(1), condition.flatten(1))
+            seen = condition
+            if self.config.condition_noise > 0:
+                # The decoder must bring a slightly-off pose back towards the data, as it must at run time.
+                seen = condition + self.config.condition_noise * torch.randn_like(condition)
+            out = self.model(target.flatten(1), seen.flatten(1))
             prediction = out["prediction"].view_as(target)
             terms = {"recon": reconstruction_loss(prediction, target, weights)}
             if "mu" in out:
-                terms["kl"] = kl_divergence(out["mu"], out["logvar"])
+                terms["kl"] = kl_divergence(out["mu"], out["logvar"], out.get("prior_mu"), out.get("prior_logvar"))
                 terms["kl_weighted"] = self.kl.loss(terms["kl"], self.spec.latent, step + k)
                 loss = terms["recon"] + terms["kl_weighted"]
             else:
                 terms["commit"] = out["commit"]
                 terms["perplexity"] = out["perplexity"]
-                loss = terms["recon"] + self.commit_weight * out["commit"]
+                loss = terms["recon"] + self.config.commit_weight * out["commit"]
+            if self.pose is not None:
+                loss = loss + self._pose_terms(terms, prediction, condition[:, -1], window, k)
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.optimiser.step()
@@ -306,8 +328,12 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
             atomic_write_text(out / "config.toml", to_toml(config))
     batches = config.batches_per_epoch or len(sampler)
     log = RunLog(out, config.epochs * batches, epoch0 * batches, step, world.main, progress)
-    trainer = RolloutTrainer(net, optimiser, spec, kl_schedule(config), future_weights(config),
-                             config.commit_weight)
+    if config.foot_weight > 0 and not layout.has("contacts"):
+        raise ConfigError(f"foot_weight = {config.foot_weight}: {frames.path} has no foot contacts to plant "
+                          "(prepare it with contacts, or set foot_weight = 0)")
+    pose = (PoseLosses(layout, frames.skeleton, normaliser.shift, normaliser.scale, device)
+            if config.fk_weight > 0 or config.foot_weight > 0 else None)
+    trainer = RolloutTrainer(net, optimiser, spec, kl_schedule(config), future_weights(config), config, pose)
     abort_after = int(os.environ.get(ABORT_ENV, "0"))
     steps_here = 0
     for epoch in range(epoch0, config.epochs):
