@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "dist", help="folder for the zip (default dist/)")
     p.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
-                   help="Blender platform to bundle onnxruntime for; repeat for several (default linux-x64)")
+                   help="Blender platform to bundle onnxruntime for: %(choices)s; repeat for several "
+                        "(default linux-x64)")
     p.add_argument("--onnxruntime", metavar="VERSION", default=installed("onnxruntime"),
                    help="onnxruntime version to bundle (default: the one installed here, %(default)s)")
     p.add_argument("--websockets", metavar="VERSION", default=installed("websockets"),

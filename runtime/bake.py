@@ -22,6 +22,8 @@ from .controller import Controller
 from .gltf import write_glb
 from .model import MotionModel, ModelError, load_model
 from .motion import Motion
+from .preview import FORMATS as PREVIEW_FORMATS
+from .preview import MAX_PANELS, PreviewError, check_output, render
 
 FORMATS = (".npz", ".bvh", ".glb")
 MAX_CONTROL_BYTES = 64 << 20
@@ -127,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the latents (default 0)")
     p.add_argument("--characters", type=int, default=1, help="characters baked side by side (default 1)")
     p.add_argument("--start", type=int, help="start frame index from the model's start frames (default random)")
-    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="onnxruntime device: %(choices)s (default %(default)s)")
     p.add_argument("--control", metavar="JSON", help="steer with the model's policies: a joystick script or a "
                    "path (see runtime/control.py ControlScript)")
-    p.add_argument("--preview", metavar="GIF", help="also render a stick-figure animation of character 0")
+    p.add_argument("--preview", metavar="FILE", help="also render a 3-D preview following each character (up to "
+                   f"{MAX_PANELS} side by side): .gif, .mp4 (needs ffmpeg) or .png (the last frame)"),
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -151,7 +155,8 @@ def _check_args(args: argparse.Namespace) -> list[Path]:
         check_output_file(path)
     if args.preview:
         require("matplotlib", "--preview")
-        check_output_file(args.preview, (".gif",), "--preview")
+        check_output_file(args.preview, PREVIEW_FORMATS, "--preview")
+        check_output(args.preview)  # and ffmpeg for .mp4
         if Path(args.preview).resolve() in {p.resolve() for p in outputs}:
             raise BakeError(f"{args.preview}: --preview must not overwrite the bake's own output")
     return outputs
@@ -220,11 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         # Every file (and the preview) is written under a temporary name and renamed only when all succeeded.
         with atomic_paths(outputs + ([Path(args.preview)] if args.preview else [])) as tmps:
             write_clip(Path(args.out), clip, tmps[:len(outputs)])
-            if args.preview:
-                from .preview import animate
-
-                animate(tmps[-1], clip.positions[:, 0], model.skeleton.parents, model.fps, title=model.name)
-    except (UsageError, ModelError) as e:
+            if args.preview:  # its line names the temporary file: say the real one
+                note = render(tmps[-1], clip.positions, model.skeleton, model.fps, clip.contacts,
+                              model.layout.contact_joints, title=model.name).replace(str(tmps[-1]), args.preview)
+    except (UsageError, ModelError, PreviewError) as e:
         return fail(e)
     except OSError as e:  # the disk filled up or the folder went away while writing
         return fail(f"{e.filename or args.out}: cannot write ({e.strerror or e})")
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baked {args.frames} frames x {args.characters} character(s) at {model.fps:g} fps from {model.name} "
           f"({model.providers[0]}) -> {', '.join(map(str, outputs))}"
           + (f"; {resets} divergence reset(s)" if resets else ""))
+    if args.preview:
+        print(note)
     return 0
 
 

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help=f"the clip to write: {', '.join(DECODE_FORMATS)}")
     for parser in (enc, dec):
         parser.add_argument("--model", required=True, help="the model directory holding the tokenizer")
-        parser.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+        parser.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"],
+                            help="onnxruntime device: %(choices)s (default %(default)s)")
     return p
 
 

@@ -230,7 +230,7 @@ def bake_argument_cases(tmp_path: Path) -> list[tuple[list, str, list[Path]]]:
         ([tmp_path], str(tmp_path), []), ([tmp_path / "taken.npz"], "taken.npz", []),
         ([tmp_path / "missing" / "clip.npz"], "missing", [tmp_path / "missing"]),
         ([tmp_path / "crowd.glb", "--characters", "2"], "crowd_1.glb", [tmp_path / "crowd_0.glb"]),
-        ([out, "--preview", tmp_path / "p.png"], "p.png", [out, tmp_path / "p.png"]),
+        ([out, "--preview", tmp_path / "p.svg"], "p.svg", [out, tmp_path / "p.svg"]),
         ([out, "--preview", tmp_path / "shot.gif"], "shot.gif", [out]),
         ([out, "--preview", tmp_path / "gone" / "p.gif"], "gone", [out]),
         ([out, "--preview", out], "--preview", [out]),

@@ -121,7 +121,7 @@ def test_prepare_checks_preview_before_writing(tmp_path, bvh, preview, says):
     assert says in refused(result, tmp_path, preview.split("/")[0])
 
 
-@pytest.mark.parametrize("preview,says", [("p.png", "unknown --preview format '.png'"),
+@pytest.mark.parametrize("preview,says", [("p.svg", "unknown --preview format '.svg'"),
                                           ("folder", "is a folder"), ("gone/p.gif", "does not exist")])
 def test_bake_checks_preview_before_writing(tmp_path, preview, says):
     (tmp_path / "folder").mkdir()

@@ -11,6 +11,10 @@ from typing import Any
 # TOML files may group keys under these tables; they all land in one flat config (TrainConfig, TokenizerConfig).
 SECTIONS = ("model", "data", "train", "loss")
 PAPER_PHASES = (20, 20, 100)  # teacher, ramping, student epochs in Ling et al. 2020
+# The settings of TrainConfig with a fixed set of values (validate checks them; the CLI lists them).
+CHOICES = {"decoder": ("mixture", "single"), "expert_init": ("reference", "linear"),
+           "normalisation": ("zscore", "minmax", "none"), "kl_mode": ("beta", "capacity"),
+           "prior": ("standard", "learned")}
 
 
 class ConfigError(ValueError):
@@ -69,10 +73,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values and combinations; raise ConfigError naming the first bad one."""
-        choices = {"decoder": ("mixture", "single"), "expert_init": ("reference", "linear"),
-                   "normalisation": ("zscore", "minmax", "none"), "kl_mode": ("beta", "capacity"),
-                   "prior": ("standard", "learned")}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         positive = ("latent", "hidden", "experts", "gate_hidden", "n_cond", "n_future", "vq_codes",

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (or its checkpoint.pt) written by trainer.train")
     p.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
     p.add_argument("--name", help="model name (default: the folder name)")
-    p.add_argument("--licence", default="unspecified", help="licence note of the training data")
+    p.add_argument("--licence", default="unspecified",
+                   help="licence note of the training data, kept in model.json (default %(default)s)")
     return p
 
 

@@ -625,8 +625,8 @@ _EXAMPLES = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line: write a procedural BVH dataset and print a one-line summary."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="python -m trainer.procedural",
         description="Write synthetic, licence-free locomotion clips (walk, jog, run, turns, starts and "
@@ -635,9 +635,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="folder to write the .bvh files into (created if needed)")
     parser.add_argument("--clips", type=int, default=20, help="number of clips (default 20)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each clip in seconds (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="dataset seed; the same seed writes the same files (default %(default)s)")
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: write a procedural BVH dataset and print a one-line summary."""
+    parser = build_parser()
     args = parse(parser, argv)
     if args.clips < 1:
         parser.exit(2, f"error: --clips must be at least 1, got {args.clips}\n")

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (or its checkpoint.pt) written by trainer.train_tokenizer")
     p.add_argument("--out", required=True, help="a model directory to add the tokenizer to, or a new folder")
     p.add_argument("--name", help="model name of a new directory (default: the folder name)")
-    p.add_argument("--licence", default="unspecified", help="licence note of the training data")
+    p.add_argument("--licence", default="unspecified",
+                   help="licence note of the training data, kept in model.json (default %(default)s)")
     return p
 
 

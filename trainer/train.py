@@ -22,13 +22,13 @@ from runtime.preview import save_figure
 
 from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, CheckpointError, read_checkpoint, remove_stale_temporaries,
                          save_checkpoint, settled_config)
-from .config import ConfigError, TrainConfig, from_dict, load_config, parse_override, to_toml
+from .config import CHOICES, ConfigError, TrainConfig, from_dict, load_config, parse_override, to_toml
 from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, load_frames, rollout_window,
                    training_clips)
 from .models import KLSchedule, ModelSpec, MotionVAE, kl_divergence, reconstruction_loss
 from .models.pose_losses import PoseLosses
-from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
-                   write_history_csv)
+from .runs import (ABORT_ENV, add_shortcuts, plot_loss_curves, resolve_device, rng_state, run_summary,
+                   seed_everything, set_rng_state, write_history_csv)
 
 RESUMABLE_CHANGES = ("device", "threads")  # settings a resumed run may change without altering results
 START_FRAMES = 16                           # condition windows kept in the checkpoint for export/runtime
@@ -405,14 +405,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override any config key (value in TOML syntax); repeatable")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    options = parser.add_argument_group("common settings (shortcuts for --set)")
-    options.add_argument("--epochs", type=int, help="total epochs, split 20:20:100 over teacher/ramping/student")
-    for key, kind in (("teacher_epochs", int), ("ramp_epochs", int), ("student_epochs", int),
-                      ("batches_per_epoch", int), ("batch_size", int), ("rollout", int), ("lr", float),
-                      ("seed", int), ("device", str), ("threads", int), ("decoder", str),
-                      ("normalisation", str), ("holdout_every", int), ("kl_mode", str), ("n_cond", int),
-                      ("n_future", int)):
-        options.add_argument("--" + key.replace("_", "-"), dest=key, type=kind)
+    options = parser.add_argument_group("common settings (shortcuts for --set)",
+                                        "Defaults are trainer.config.TrainConfig's; a resumed run keeps its own.")
+    options.add_argument("--epochs", type=int, help="total epochs, split 20:20:100 over teacher/ramping/student "
+                         f"(default {TrainConfig().epochs})")
+    add_shortcuts(options, TrainConfig(), {
+        "teacher_epochs": "epochs of teacher forcing: every step is fed the data's frame",
+        "ramp_epochs": "epochs whose chance of feeding a step the model's own output rises from 0 to 1",
+        "student_epochs": "epochs feeding every step the model's own output",
+        "batches_per_epoch": "mini-batches per epoch; 0: one pass over a shuffle of every valid rollout start",
+        "batch_size": "rollouts per mini-batch",
+        "rollout": "steps per rollout, an optimiser step each",
+        "lr": "Adam learning rate of the first epoch, decaying linearly to lr_end by the last",
+        "seed": "random seed of the weights, batches and sampling",
+        "device": "torch device: cpu, cuda or cuda:N",
+        "threads": "torch intra-op threads; 0: torch's default",
+        "decoder": "mixture: the paper's mixture of experts; single: one network",
+        "normalisation": "per-feature scaling of the frames",
+        "holdout_every": "hold out every k-th clip (with its mirror) for evaluation; 0: train on every clip",
+        "kl_mode": "beta: kl_beta * KL; capacity: kl_gamma * |KL - C|, C rising to kl_capacity",
+        "n_cond": "condition frames the decoder sees",
+        "n_future": "future frames predicted at each step",
+    }, CHOICES)
     return parser
 
 
@@ -439,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(write_error(exc, args.out))
     if "RANK" not in os.environ or os.environ["RANK"] == "0":
-        print(f"run written to {out}")
+        print(run_summary(out, read_checkpoint(out / CHECKPOINT_NAME)["history"], ("loss", "recon", "kl", "commit")))
     return 0
 
 

@@ -38,25 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m trainer.policy", description=__doc__.split("\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=sorted(TASKS), help="the control task")
+    p.add_argument("task", choices=sorted(TASKS), help="the control task: %(choices)s")
     p.add_argument("--model", required=True, help="model directory (the policy is exported into it)")
     p.add_argument("--run-dir", required=True, help="folder for policy.pt, log.csv and reward.png")
     p.add_argument("--vae-run", help="the model's training run: step its decoder in torch instead of ONNX")
-    p.add_argument("--steps", type=int, help="character frames to train in all (default 2,000,000)")
-    p.add_argument("--envs", type=int, default=PPOConfig.envs, help="characters stepped together")
-    p.add_argument("--horizon", type=int, default=PPOConfig.horizon, help="steps per character per update")
-    p.add_argument("--epochs", type=int, default=PPOConfig.epochs, help="PPO passes over each rollout")
-    p.add_argument("--minibatch", type=int, default=PPOConfig.minibatch, help="samples per PPO step")
-    p.add_argument("--lr", type=float, default=PPOConfig.lr, help="Adam learning rate (decays linearly)")
+    p.add_argument("--steps", type=int, help=f"character frames to train in all (default {RunConfig.steps:,})")
+    p.add_argument("--envs", type=int, default=PPOConfig.envs, help="characters stepped together (default %(default)s)")
+    p.add_argument("--horizon", type=int, default=PPOConfig.horizon,
+                   help="steps per character per update (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=PPOConfig.epochs,
+                   help="PPO passes over each rollout (default %(default)s)")
+    p.add_argument("--minibatch", type=int, default=PPOConfig.minibatch,
+                   help="samples per PPO step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=PPOConfig.lr,
+                   help="Adam learning rate, decaying linearly (default %(default)s)")
     p.add_argument("--action-scale", type=float, default=PPOConfig.action_scale,
-                   help="latent = scale * clamp(action, -1, 1) (default 4)")
-    p.add_argument("--speed-min", type=float, default=TaskConfig.speed_min, help="joystick: slowest command, m/s")
-    p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max, help="joystick: fastest command, m/s")
+                   help="latent = scale * clamp(action, -1, 1) (default %(default)s)")
+    p.add_argument("--speed-min", type=float, default=TaskConfig.speed_min,
+                   help="joystick: slowest command, m/s (default %(default)s)")
+    p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max,
+                   help="joystick: fastest command, m/s (default %(default)s)")
     p.add_argument("--skate-weight", type=float, default=TaskConfig.skate_weight,
                    help="reward penalty per m/s of planted-foot sliding (default %(default)s)")
     p.add_argument("--heading", choices=("linear", "cosine"),
                    default="linear" if TaskConfig.heading_linear else "cosine",
-                   help="joystick heading term: -2|error|/pi or the reference's cos(error) - 1 (default %(default)s)")
+                   help="joystick heading term: linear, -2|error|/pi, or cosine, the reference's cos(error) - 1 "
+                        "(default %(default)s)")
     p.add_argument("--speed-relative-below", type=float, default=TaskConfig.speed_relative_below,
                    help="joystick: speed errors of slower commands count relative to this speed, m/s; 0 gives the "
                         "reference's error in m/s (default %(default)s)")
@@ -76,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first updates that train only the critic (default 8 with --init-policy, else 0)")
     p.add_argument("--init-log-std", type=float, default=PPOConfig.init_log_std,
                    help="starting log standard deviation of the actions (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device: cpu, cuda or auto (default %(default)s)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--checkpoint-every", type=float, default=120.0,
+                   help="seconds between checkpoints (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--export-only", action="store_true", help="export the run's checkpoint without training")
     p.add_argument("--no-export", action="store_true", help="train without writing into the model directory")
