@@ -208,6 +208,15 @@ def test_export_into_an_existing_model_directory(run, model_dir, tmp_path):
     meta = json.loads((other / "model.json").read_text())
     meta["layout"]["contact_joints"], meta["layout"]["blocks"] = [], meta["layout"]["blocks"][:-1]
     (other / "model.json").write_text(json.dumps(meta))
+    # The layout no longer matches its own size and statistics: refused before the tokenizer is compared.
+    with pytest.raises(ModelError, match="field 'layout.size' must be 267"):
+        export_tokenizer(run, other)
+    meta["layout"]["size"] = meta["layout"]["blocks"][-1][2]
+    for key in ("shift", "scale"):
+        meta["normalisation"][key] = meta["normalisation"][key][:meta["layout"]["size"]]
+    meta["bounds"] = [row[:meta["layout"]["size"]] for row in meta["bounds"]]
+    meta["start_frames"] = [[f[:meta["layout"]["size"]] for f in s] for s in meta["start_frames"]]
+    (other / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="feature layout or fps differs from the tokenizer's"):
         export_tokenizer(run, other)
     assert not (other / "encoder.onnx").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,9 @@ def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
             flat.update(value)
         else:
             flat[key] = value
+    for key, value in flat.items():  # nan/inf parse as TOML floats and slip past every range check
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{key} = {value!r}: must be finite")
     return flat
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +28,7 @@ def parse_layout(text: str, where: str) -> FeatureLayout:
     """A FeatureLayout from its JSON text; FramesError naming where when it is not one."""
     try:
         return FeatureLayout.from_json(text)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise FramesError(f"{where}: not a valid feature layout ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -35,7 +36,7 @@ def parse_skeleton(text: str, where: str) -> Skeleton:
     """A Skeleton from its JSON text; FramesError naming where when it is not one."""
     try:
         return Skeleton.from_json(text)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
         raise FramesError(f"{where}: not a valid skeleton ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -78,27 +79,43 @@ def load_frames(path: str | Path) -> Frames:
     """Read and check a frames.npz; raise FramesError with one sentence on anything unusable."""
     path = Path(path)
     where = str(path)
+    if path.exists() and not path.is_file():
+        raise FramesError(f"{where}: expected a frames.npz file, found a folder or special file")
     try:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FramesError(f"{where}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FramesError(f"{where}: not a readable .npz file ({exc})") from None
-    with npz:
-        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
-        if missing:
-            raise FramesError(f"{where}: missing key(s) {', '.join(missing)} "
-                              f"(found {', '.join(npz.files) or 'none'})")
-        try:
-            data = np.asarray(npz["data"])
-            ends = np.asarray(npz["end_indices"])
-            fps = float(npz["fps"])
-            names = tuple(str(n) for n in npz["clip_names"]) if "clip_names" in npz.files else None
-        except ValueError as exc:
-            raise FramesError(f"{where}: unreadable array ({exc})") from None
-        layout = parse_layout(str(npz["layout"][()]), f"{where}: layout")
-        skeleton = parse_skeleton(str(npz["skeleton"][()]), f"{where}: skeleton")
-        source = _source_summary(str(npz["source"][()]), where) if "source" in npz.files else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FramesError(f"{where}: not a readable .npz file ({exc.__class__.__name__})") from None
+    if not hasattr(npz, "files"):
+        raise FramesError(f"{where}: not a frames.npz (a bare .npy array)")
+    try:
+        return _checked(path, npz)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as exc:
+        raise FramesError(f"{where}: damaged .npz file ({exc.__class__.__name__})") from None
+    finally:
+        npz.close()
+
+
+def _checked(path: Path, npz) -> Frames:
+    """load_frames' checks of an open npz."""
+    where = str(path)
+    missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+    if missing:
+        raise FramesError(f"{where}: missing key(s) {', '.join(missing)} "
+                          f"(found {', '.join(npz.files) or 'none'})")
+    try:
+        data = np.asarray(npz["data"])
+        ends = np.asarray(npz["end_indices"])
+        fps = float(npz["fps"])
+        names = tuple(str(n) for n in npz["clip_names"]) if "clip_names" in npz.files else None
+    except (ValueError, TypeError) as exc:
+        raise FramesError(f"{where}: unreadable array ({exc})") from None
+    if not 0 < fps <= 1000:  # NaN fails too
+        raise FramesError(f"{where}: 'fps' must be in (0, 1000], got {fps}")
+    layout = parse_layout(str(npz["layout"][()]), f"{where}: layout")
+    skeleton = parse_skeleton(str(npz["skeleton"][()]), f"{where}: skeleton")
+    source = _source_summary(str(npz["source"][()]), where) if "source" in npz.files else {}
     if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):
         raise FramesError(f"{where}: 'data' must be a 2-D float array, got {data.dtype} {data.shape}")
     if data.shape[1] != layout.size:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from runtime.atomic import atomic_write_text
+from runtime.cli import UsageError, check_memory, check_output_file, fail, parse, write_error
 from runtime.contacts import foot_floor, planted_speed
 from runtime.controller import Controller
 from runtime.features import FeatureLayout, decode
@@ -42,6 +43,7 @@ from .runs import resolve_device
 DEFAULT_HOLDOUT_EVERY = 10
 DEFAULT_ROLLOUTS = 64
 DEFAULT_FRAMES = 3000
+ROLLOUT_FRAME_BYTES = 8192.0  # features and decoded poses a rollout keeps per frame (a 22-joint body, roughly)
 ACTIVE_KL = 0.01          # nats: a latent dimension carrying less than this is counted as collapsed
 EARLY_S = 10.0            # the rollouts' first seconds, for the drift ratio
 LATE_FRACTION = 1 / 3     # the rollouts' last third: where drift, gait and skating are judged
@@ -402,10 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input gives one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
-        if args.rollouts < 1 or args.length < 2 or args.threads < 0:
-            raise FramesError("--rollouts must be at least 1, --frames at least 2, --threads not negative")
+        if args.rollouts < 1 or args.length < 2 or args.threads < 0 or args.seed < 0:
+            raise FramesError("--rollouts must be at least 1, --frames at least 2, --threads and --seed not negative")
+        if args.json:
+            check_output_file(args.json, (".json",))
+        check_memory(ROLLOUT_FRAME_BYTES * args.rollouts * args.length,
+                     f"--rollouts {args.rollouts} x --frames {args.length}")
         if args.threads:
             torch.set_num_threads(args.threads)
         frames = load_frames(args.frames)
@@ -413,13 +419,15 @@ def main(argv: list[str] | None = None) -> int:
             model, run, trained_every = open_model(args.model, args.device, Path(scratch))
             every = args.holdout_every if args.holdout_every is not None else (trained_every or DEFAULT_HOLDOUT_EVERY)
             result = evaluate(model, frames, every, args.rollouts, args.length, args.seed, run, trained_every)
-    except (FramesError, CheckpointError, ConfigError, ModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        out = Path(args.json) if args.json else (checkpoint_path(args.model).parent / "eval.json" if run else None)
+        if out is not None:
+            atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    except (FramesError, CheckpointError, ConfigError, ModelError, UsageError) as exc:
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.json or args.model))
     print(format_table(result))
-    out = Path(args.json) if args.json else (checkpoint_path(args.model).parent / "eval.json" if run else None)
     if out is not None:
-        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"metrics written to {out}")
     return 1 if args.strict and result["verdict"] != "pass" else 0
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.cli import UsageError, fail, parse, write_error
 from runtime.model import SCHEMA_VERSION, ModelError, load_model, sha256_file
 
 from .checkpoint import CheckpointError, LoadedRun, load_run, read_checkpoint
 from .config import TrainConfig
 from .data import Frames, Normaliser
 from .models import ModelSpec, MotionVAE
-from .staging import staged_dir
+from .staging import check_model_out, staged_dir
 from .step_graph import INPUTS, OUTPUTS, StepGraph
 
 EXAMPLES = """examples:
@@ -187,13 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     dropped = superseded(args.out)
     try:
+        check_model_out(Path(args.out), args.name)
         diff = export(args.run, args.out, args.name, args.licence)
-    except (CheckpointError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ModelError, UsageError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(write_error(e, args.out))
     print(f"exported {args.run} -> {args.out}: onnxruntime vs torch max difference {diff:.2e} "
           f"over a {VERIFY_STEPS}-step rollout (tolerance {VERIFY_TOLERANCE:g})")
     if dropped:

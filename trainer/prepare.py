@@ -19,16 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from runtime.atomic import atomic_path
+from runtime.atomic import atomic_path, atomic_paths
 from runtime.bvh import UNITS, MocapError, read_bvh
+from runtime.cli import UsageError, check_memory, check_output_file, fail, number, parse, require
+from runtime.cli import progress as with_progress
 from runtime.features import FeatureLayout, decode, encode
 from runtime.motion import Motion
+from runtime.preview import FORMATS as PREVIEW_FORMATS
 from runtime.preview import PreviewError, check_output, render
 from runtime.skeleton import Skeleton
 
 MIRROR_SUFFIX = "~mirror"  # a clip's mirrored copy is named NAME~mirror (the trainer's hold-out split pairs them)
+MIN_FPS, MAX_FPS = 1.0, 1000.0  # target frame rates of training data
+SCALE_RANGE = (1e-6, 1e3)  # metres per file unit: a micrometre to a kilometre
+# Bytes per output frame and joint while a clip is converted (float64 rotations, matrices, positions, features).
+WORK_BYTES_PER_JOINT_FRAME = 400
 EXAMPLES = """examples:
   python -m trainer.prepare mocap/ -o frames.npz --mirror
   python -m trainer.prepare a.bvh b.bvh -o frames.npz --fps 30 --scale cm --up y
@@ -62,6 +68,8 @@ def find_bvh_files(inputs: list[str]) -> list[Path]:
             files += found
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise MocapError(f"{p}: expected a BVH file or a folder, found a FIFO, socket or device")
         else:
             raise MocapError(f"{p}: no such file or folder")
     return files
@@ -79,6 +87,12 @@ def load_clip(path: Path, fps: float, scale: float | str, up: str, joints: int |
             motion = motion.subset(joints)
         except ValueError as e:
             raise MocapError(f"{path}: --joints: {e}") from None
+    frames = int(motion.duration * fps) + 2
+    try:
+        check_memory(frames * motion.skeleton.n_joints * WORK_BYTES_PER_JOINT_FRAME,
+                     f"{motion.n_frames} frames at {motion.fps:g} fps resampled to {frames} at --fps {fps:g}")
+    except UsageError as e:
+        raise MocapError(f"{path}: {e}") from None
     return motion.rigid().resample(fps)
 
 
@@ -90,7 +104,7 @@ def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: f
     layout: FeatureLayout | None = None
     chunks, names, starts, ends = [], [], [], []
     total = 0
-    for path in tqdm(files, desc="prepare", unit="clip", disable=not progress):
+    for path in with_progress(files, progress, desc="prepare", unit="clip"):
         motion = load_clip(path, fps, scale, up, joints)
         if skeleton is None:
             skeleton = motion.skeleton
@@ -106,6 +120,9 @@ def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: f
         variants = [(motion, motion.name)] + ([(motion.mirrored(), motion.name + MIRROR_SUFFIX)] if mirror else [])
         for clip, name in variants:
             enc = encode(clip, layout)
+            if not np.isfinite(enc.features).all():
+                raise MocapError(f"{path}: its motion overflows to non-finite features (values too large for "
+                                 "the units; check --scale)")
             chunks.append(enc.features)
             starts.append(enc.start)
             names.append(name)
@@ -152,8 +169,9 @@ def _parse_scale(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or one of auto, {', '.join(UNITS)}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the scale must be positive")
+    if not SCALE_RANGE[0] <= value <= SCALE_RANGE[1]:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected metres per file unit from {SCALE_RANGE[0]:g} to "
+                                         f"{SCALE_RANGE[1]:g}, got {text}")
     return value
 
 
@@ -178,30 +196,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit code 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    """Entry point: exit code 0 on success, 2 on bad input (one line on stderr, nothing written)."""
+    args = parse(build_parser(), argv)
     out = Path(args.output)
     try:
-        if not out.parent.exists():
-            raise MocapError(f"{out}: the output folder {out.parent} does not exist")
-        if not args.fps > 0:
-            raise MocapError(f"--fps must be positive, got {args.fps}")
+        check_output_file(out)
+        number(args.fps, "--fps", MIN_FPS, MAX_FPS)
         if args.preview:
-            check_output(args.preview)
+            require("matplotlib", "--preview")
+            check_output_file(args.preview, PREVIEW_FORMATS, "--preview")
+            check_output(args.preview)  # and ffmpeg for .mp4
+            if Path(args.preview).resolve() == out.resolve():
+                raise UsageError(f"{args.preview}: --preview must not overwrite the output")
         files = find_bvh_files(args.inputs)
         prep = prepare(files, args.fps, args.mirror, args.scale, args.up, _parse_joints(args.joints),
                        not args.no_contacts, progress=not args.quiet)
-    except (MocapError, PreviewError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save_frames(out, prep)
+        # Both files under temporary names, renamed only when both are written.
+        with atomic_paths([out] + ([Path(args.preview)] if args.preview else [])) as tmps:
+            save_frames(tmps[0], prep)
+            if args.preview:  # its line names the temporary file: say the real one
+                note = preview(tmps[1], prep).replace(str(tmps[1]), args.preview)
+    except (MocapError, UsageError, PreviewError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(f"{e.filename or out}: cannot write ({e.strerror or e})")
     s, lay = prep.source, prep.layout
     print(f"{s['clips']} clips ({len(files)} files{', mirrored' if args.mirror else ''}), {s['frames']} frames, "
           f"{s['minutes']:.2f} min at {args.fps:g} fps | skeleton: {prep.skeleton.n_joints} joints, root "
           f"{prep.skeleton.names[0]}, contacts {', '.join(lay.contact_joints) or 'none'} | "
           f"{lay.size} features/frame -> {out}")
     if args.preview:
-        print(preview(args.preview, prep))
+        print(note)
     return 0
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from runtime.atomic import atomic_write_text
+from runtime.cli import fail, parse, write_error
 from runtime.preview import save_figure
 
 from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, CheckpointError, read_checkpoint, remove_stale_temporaries,
@@ -443,14 +444,15 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input gives one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         base = from_dict(read_checkpoint(Path(args.out) / CHECKPOINT_NAME)["config"]) if args.resume else TrainConfig()
         config = config_from_args(args, base)
         out = train(config, args.frames, args.out, resume=args.resume, progress=not args.no_progress)
     except (FramesError, ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.out))
     if "RANK" not in os.environ or os.environ["RANK"] == "0":
         print(run_summary(out, read_checkpoint(out / CHECKPOINT_NAME)["history"], ("loss", "recon", "kl", "commit")))
     return 0

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from runtime.atomic import atomic_write_text
+from runtime.cli import fail, parse, write_error
 from runtime.features import FeatureLayout
 from runtime.preview import save_figure
 from runtime.skeleton import Skeleton
@@ -442,15 +443,16 @@ def config_from_args(args: argparse.Namespace, base: TokenizerConfig) -> Tokeniz
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input gives one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         base = (config_from_dict(read_tokenizer_checkpoint(args.out)["config"]) if args.resume
                 else TokenizerConfig())
         config = config_from_args(args, base)
         out = train_tokenizer(config, args.frames, args.out, resume=args.resume, progress=not args.no_progress)
     except (FramesError, ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.out))
     print(run_summary(out, read_tokenizer_checkpoint(out)["history"], ("loss", "recon", "perplexity", "usage")))
     return 0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.cli import UsageError, check_memory, fail, number, parse, write_error
 from runtime.model import ModelError
 
 from ..checkpoint import CheckpointError
@@ -94,6 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Bytes a rollout keeps per character step (observation, latent, log-probability, value, reward ...), generously.
+ROLLOUT_BYTES_PER_STEP = 16 << 10
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every number finite and in range, and the rollout's memory, before a model is loaded."""
+    for name, low, high in (("lr", 0.0, 1.0), ("action_scale", 0.0, 100.0), ("checkpoint_every", 0.0, 1e7)):
+        number(getattr(args, name), f"--{name.replace('_', '-')}", low, high, low_open=True)
+    for name, low, high in (("speed_min", 0.0, 20.0), ("speed_max", 0.0, 20.0), ("skate_weight", 0.0, 1e3),
+                            ("speed_relative_below", 0.0, 20.0), ("half_turns", 0.0, 1.0),
+                            ("path_approach", 0.0, 1e3), ("target_facing", 0.0, 1e3), ("target_hold", 0.0, 1.0),
+                            ("init_log_std", -20.0, 5.0)):
+        number(getattr(args, name), f"--{name.replace('_', '-')}", low, high)
+    for name in ("envs", "horizon", "epochs", "minibatch", "steps", "threads"):
+        if getattr(args, name) is not None:
+            number(getattr(args, name), f"--{name}", 1, integer=True)
+    for name in ("seed", "critic_warmup"):
+        if getattr(args, name) is not None:
+            number(getattr(args, name), f"--{name.replace('_', '-')}", 0, integer=True)
+    check_memory(float(args.envs) * args.horizon * ROLLOUT_BYTES_PER_STEP,
+                 f"--envs {args.envs} x --horizon {args.horizon}")
+
+
 def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
     if min(args.envs, args.horizon, args.epochs, args.minibatch, args.steps or 1) < 1:
         raise PolicyError("--envs, --horizon, --epochs, --minibatch and --steps must be at least 1")
@@ -126,11 +150,12 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(build_parser(), argv)
     run_dir = Path(args.run_dir)
     try:
+        _check_numbers(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         run_dir.mkdir(parents=True, exist_ok=True)
         trainer = _trainer(args, run_dir)
         if not args.export_only:
@@ -144,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             diff = export_policy(trainer.net, args.model, args.task, env.blocks, env.config.runtime(args.task),
                                  record)
             print(f"exported {policy_file(args.task)} into {args.model} (onnxruntime vs torch {diff:.1e})")
-    except (PolicyError, ConfigError, ModelError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (PolicyError, ConfigError, ModelError, CheckpointError, UsageError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(write_error(e, run_dir))
     print(f"{args.task}: {trainer.frames:,} frames in {trainer.seconds:.0f} s, last mean reward "
           f"{last.get('mean_reward', float('nan')):.3f}; log {run_dir / 'log.csv'}, curve {run_dir / 'reward.png'}")
     return 0
