@@ -6,10 +6,9 @@ controller shows. Scenarios: random walking and each control policy of the model
 held 5 s; target: random targets 1-10 m away, a new one on arrival; path: a figure-eight), 32 characters x
 30 s unless told otherwise. The training mocap of the model is measured with the same rules.
 
-- sliding: planted frames found from shown positions by runtime.contacts.planted_mask (a contact joint within
-  2.5 cm of its floor, a low percentile of its height in the mocap, vertical speed under 0.15 m/s, held 3 or
-  more frames); the mean horizontal speed of steps between planted frames, and its ratio to the mocap's own
-  (target: at most 1.1x).
+- sliding: planted frames found from shown positions by runtime.contacts (a contact joint within 2.5 cm of
+  its floor, a low percentile of its height in the mocap, vertical speed under 0.15 m/s, held 3 or more
+  frames); the mean horizontal speed on planted frames, and its ratio to the mocap's own (target: 1.1x).
 - pops: the largest per-frame joint acceleration (second difference of every joint's world position) on the
   frames where a lock starts or a release fades, against the mocap's 99.9th percentile over all frames and
   joints; the raw output on the same frames beside it. Knee angle: largest change from one frame to the next.
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contacts import joint_floors, planted_mask, planted_speeds
+from runtime.contacts import foot_floor, planted_speed
 from runtime.controller import Controller
 from runtime.features import FeatureLayout, decode
 from runtime.model import MotionModel, load_model
@@ -88,11 +87,11 @@ class Mocap:
         self.clips = [decode(data[a:b + 1], self.layout, self.skeleton, d["clip_start_root"][k])[0].positions
                       for k, (a, b) in enumerate(zip(starts, ends))]
         self.feet = [self.skeleton.index(n) for n in self.layout.contact_joints]
-        self.floor = joint_floors(np.concatenate([c[:, self.feet] for c in self.clips]))
+        self.floor = foot_floor(np.concatenate([c[:, self.feet, 1] for c in self.clips]))
         speeds, planted = [], []
         for clip in self.clips:
-            mask = planted_mask(clip[:, self.feet], self.fps, self.floor)
-            speeds.append(planted_speeds(clip[:, self.feet], self.fps, mask))
+            speed, mask = planted_speed(clip[:, self.feet], self.fps, self.floor)
+            speeds.append(speed[mask])
             planted.append(mask)
         self.slide = float(np.concatenate(speeds).mean())
         self.planted = float(np.concatenate(planted).mean())
@@ -189,8 +188,9 @@ def measure(model: MotionModel, mocap: Mocap, run: dict[str, np.ndarray]) -> dic
     out = {}
     for name in ("raw", "shown"):
         p = run[name]
-        mask = planted_mask(p[:, :, feet], fps, mocap.floor) & ~bad[..., None]
-        slide = planted_speeds(p[:, :, feet], fps, mask)
+        speed, mask = planted_speed(p[:, :, feet].swapaxes(0, 1), fps, mocap.floor)  # (characters, T, C)
+        mask &= ~bad.T[..., None]
+        slide = speed[mask]
         accel = acceleration(p, fps).max(-1)
         knee = np.abs(np.diff(knee_angles(p, sk, model.layout), axis=0))[~(bad[1:] | bad[:-1])]
         rot = run["raw_q" if name == "raw" else "shown_q"].astype(np.float64)

@@ -24,7 +24,7 @@ import numpy as np
 from runtime.controller import Controller
 from runtime.model import MotionModel, load_model
 from runtime.rotations import wrap_angle
-from trainer.evaluate import FREEZE_SECONDS, frame_quantities, frozen, window_means
+from trainer.motion_metrics import FREEZE_WINDOW_S, frame_quantities, frozen_windows
 
 HEADING_DEG, HEADING_S = 20.0, 2.0
 SPEED_TOLERANCE, SPEED_FLOOR, SPEED_S, SPEED_WINDOW_S = 0.25, 0.1, 3.0, 0.5
@@ -55,8 +55,8 @@ class Recorder:
         """Frozen-window fraction (windows ending before step until[i] only, if given) and mean foot skating."""
         f = np.stack(self.frames, axis=1)  # (N, T, F)
         q = frame_quantities(f[:, :-1], f[:, 1:], model.layout, model.fps)
-        width = int(FREEZE_SECONDS * model.fps)
-        still = frozen(window_means(q["root_speed"], width), window_means(q["pose_speed"], width))
+        still = frozen_windows(q["root_speed"], q["pose_speed"], model.fps)
+        width = round(FREEZE_WINDOW_S * model.fps)
         ends = (np.arange(still.shape[1]) + 1) * width + 1  # frames[k] is after step k + 1
         counted = np.ones_like(still) if until is None else ends[None, :] <= np.asarray(until)[:, None]
         out = {"frozen": float(still[counted].mean()) if counted.any() else 0.0}

@@ -7,6 +7,7 @@ ships inside the bpy wheel.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -15,10 +16,16 @@ import tomllib
 from importlib import metadata, util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from runtime.cli import UsageError, check_output_folder, fail, parse, write_error
+
+PACKAGES = Path(__file__).resolve().parents[1]  # the checkout, or site-packages when installed from a wheel
 SOURCE = Path(__file__).resolve().with_name("extension")
-RUNTIME = ROOT / "runtime"
-WORK = ROOT / "build" / "blender_addon"
+RUNTIME = PACKAGES / "runtime"
+# Outputs go beside a checkout's sources; an installed toolkit writes to the current folder and a user cache.
+CHECKOUT = (PACKAGES / "pyproject.toml").is_file()
+ROOT = PACKAGES if CHECKOUT else Path.cwd()
+WORK = ROOT / "build" / "blender_addon" if CHECKOUT else \
+    Path(os.environ.get("MOTIONVAE_CACHE", Path.home() / ".cache" / "motionvae")) / "blender_addon"
 PYTHON = "3.11"  # Blender 4.2 to 5.0 embed Python 3.11
 # Blender platform -> pip platform tags of the onnxruntime wheels it can load, best first.
 PLATFORMS = {
@@ -169,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "dist", help="folder for the zip (default dist/)")
     p.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
-                   help="Blender platform to bundle onnxruntime for; repeat for several (default linux-x64)")
+                   help="Blender platform to bundle onnxruntime for: %(choices)s; repeat for several "
+                        "(default linux-x64)")
     p.add_argument("--onnxruntime", metavar="VERSION", default=installed("onnxruntime"),
                    help="onnxruntime version to bundle (default: the one installed here, %(default)s)")
     p.add_argument("--websockets", metavar="VERSION", default=installed("websockets"),
@@ -182,19 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 when the build cannot be made."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         missing = [w for w in args.wheel if not w.is_file()]
         if missing:
             raise BuildError(f"{missing[0]}: no such wheel")
+        if args.out.exists() and not args.out.is_dir():
+            raise BuildError(f"{args.out}: exists and is not a folder; --out names the folder for the zip")
+        check_output_folder(next(p for p in (args.out, *args.out.parents) if p.exists()), args.out)
         cache = WORK / "wheel-cache"
         wheels = args.wheel or [fetch_wheel(p, args.onnxruntime, cache) for p in args.platform or ["linux-x64"]]
         if not any(w.name.startswith("websockets-") for w in wheels):
             wheels.append(fetch_websockets(args.websockets, cache))
         archive = build(args.out, wheels)
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (BuildError, UsageError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(write_error(e, args.out))
     print(f"built and validated {archive} ({archive.stat().st_size / 1e6:.1f} MB; wheels: "
           f"{', '.join(w.name for w in wheels)})")
     return 0

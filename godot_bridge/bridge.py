@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
+from runtime.control import resample_path
 from runtime.controller import CHARACTER_SPACING_M, Controller
 from runtime.model import MotionModel
 
@@ -94,6 +95,8 @@ class Bridge:
         self._speed = np.zeros(n, np.float32)
         self._target = np.zeros((n, 2), np.float32)
         self._foot_lock = np.ones(n, bool)  # per slot, handed to the controller's foot lock before each step
+        self._paths: list[np.ndarray | None] = [None] * n
+        self._closed = np.zeros(n, bool)
         self._local_ids = (np.arange(n) % k).astype(np.uint32)
         self._step_wanted = asyncio.Event()
         self._step_ms: deque[float] = deque(maxlen=STATS_WINDOW)
@@ -213,14 +216,23 @@ class Bridge:
                                                "its characters keep walking freely", msg.seq)
         slots = self._slots(client, ids)
         self._task[slots] = "" if task == "none" else task
-        if "foot_lock" in msg.fields:
-            self._foot_lock[slots] = msg.fields["foot_lock"]
         if task == "joystick":
             d = np.asarray(msg.fields["direction"], np.float32)
             self._direction[slots] = d / np.linalg.norm(d)
             self._speed[slots] = msg.fields["speed"]
         elif task == "target":
             self._target[slots] = msg.fields["target"]
+        elif task == "path":
+            points, closed = np.array(msg.fields["path"]), msg.fields.get("closed", False)
+            try:
+                resample_path(points, closed)  # refused now rather than in the tick
+            except ValueError as e:
+                raise P.ProtocolError("bad_message", f"control.path: {e}", msg.seq) from None
+            for slot in slots:
+                self._paths[slot] = points
+            self._closed[slots] = closed
+        if "foot_lock" in msg.fields:
+            self._foot_lock[slots] = msg.fields["foot_lock"]
         return P.encode_ok("control", msg.seq, ids=ids.tolist(), task=task)
 
     def _on_pause(self, client: Client, msg: P.ClientMessage) -> str:
@@ -308,7 +320,7 @@ class Bridge:
         if not np.any((self._task != "") & self._live):
             return None
         return {"task": self._task.copy(), "direction": self._direction.copy(), "speed": self._speed.copy(),
-                "target": self._target.copy()}
+                "target": self._target.copy(), "path": list(self._paths), "closed": self._closed.copy()}
 
     def _frozen_slots(self) -> np.ndarray:
         """Slots of paused clients: they keep their state across steps."""

@@ -26,6 +26,11 @@ _CHANNELS = {"xposition": ("p", 0), "yposition": ("p", 1), "zposition": ("p", 2)
              "xrotation": ("r", "X"), "yrotation": ("r", "Y"), "zrotation": ("r", "Z")}
 # Z-up -> Y-up: a -90 degree turn about X maps (x, y, z) to (x, z, -y).
 _Z_TO_Y = axis_matrix(0, -np.pi / 2)
+# Limits of what a motion-capture file can sensibly hold; beyond them the numbers overflow downstream.
+MAX_JOINTS = 1024
+MAX_DEPTH = 256  # joints nested deeper than any body (and than Python's recursion allows)
+MAX_ABS_VALUE = 1e6  # offsets and channel values, in file units or degrees
+MIN_FRAME_TIME_S, MAX_FRAME_TIME_S = 1e-3, 10.0  # 1000 fps down to one frame in 10 s
 
 
 class MocapError(ValueError):
@@ -50,6 +55,7 @@ class _Lines:
         self.items = [(i + 1, ln.split()) for i, ln in enumerate(lines[:stop]) if ln.strip()]
         self.pos = 0
         self.last_line = stop
+        self.joint_lines: dict[str, int] = {}  # joint name -> line it was declared on
 
     def error(self, line: int, msg: str) -> MocapError:
         return MocapError(f"{self.path}:{line}: {msg}")
@@ -76,6 +82,9 @@ class _Lines:
             values = [np.nan]
         if not np.all(np.isfinite(values)):
             raise self.error(line, f"expected numbers for {what}, found {' '.join(toks)[:60]!r}")
+        if np.abs(values).max() > MAX_ABS_VALUE:
+            raise self.error(line, f"expected {what} values within +-{MAX_ABS_VALUE:g}, found "
+                                   f"{' '.join(toks)[:60]!r}")
         return values
 
 
@@ -85,7 +94,7 @@ def _parse_hierarchy(src: _Lines) -> list[_Joint]:
     line, toks = src.next("ROOT")
     if toks[0].upper() != "ROOT" or len(toks) < 2:
         raise src.error(line, f"expected ROOT <name>, found {' '.join(toks)[:60]!r}")
-    _parse_joint(src, joints, " ".join(toks[1:]), -1, line)
+    _parse_joint(src, joints, " ".join(toks[1:]), -1, line, 0)
     if src.pos < len(src.items):
         line, toks = src.items[src.pos]
         what = "a second ROOT (only one skeleton per file is supported)" if toks[0].upper() == "ROOT" \
@@ -94,7 +103,15 @@ def _parse_hierarchy(src: _Lines) -> list[_Joint]:
     return joints
 
 
-def _parse_joint(src: _Lines, joints: list[_Joint], name: str, parent: int, line: int) -> None:
+def _parse_joint(src: _Lines, joints: list[_Joint], name: str, parent: int, line: int, depth: int) -> None:
+    if name in src.joint_lines:
+        raise src.error(line, f"expected a new joint name, found {name[:60]!r} again (first on line "
+                              f"{src.joint_lines[name]}); joint names must be unique")
+    src.joint_lines[name] = line
+    if len(joints) >= MAX_JOINTS:
+        raise src.error(line, f"expected at most {MAX_JOINTS} joints, found more")
+    if depth >= MAX_DEPTH:
+        raise src.error(line, f"expected joints nested at most {MAX_DEPTH} levels deep, found deeper")
     src.expect("{")
     oline, toks = src.expect("OFFSET", 3)
     joint = _Joint(name, parent, src.floats(oline, toks[1:], "OFFSET"), line)
@@ -126,7 +143,7 @@ def _parse_joint(src: _Lines, joints: list[_Joint], name: str, parent: int, line
         if key == "}":
             return
         if key == "JOINT" and len(toks) >= 2:
-            _parse_joint(src, joints, " ".join(toks[1:]), index, kline)
+            _parse_joint(src, joints, " ".join(toks[1:]), index, kline, depth + 1)
         elif key == "END":
             src.expect("{")
             eline, etoks = src.expect("OFFSET", 3)
@@ -158,8 +175,9 @@ def _parse_motion(path: str, lines: list[str], start: int, n_channels: int) -> t
         raise MocapError(f"{path}:{i + 2}: expected 'Frame Time: <seconds>'") from None
     if n_frames <= 0:
         raise MocapError(f"{path}:{i + 1}: the MOTION section is empty (Frames: {n_frames})")
-    if not np.isfinite(frame_time) or frame_time <= 0:
-        raise MocapError(f"{path}:{i + 2}: expected a positive Frame Time, found {frame_time}")
+    if not MIN_FRAME_TIME_S <= frame_time <= MAX_FRAME_TIME_S:  # NaN fails too
+        raise MocapError(f"{path}:{i + 2}: expected a Frame Time from {MIN_FRAME_TIME_S:g} to {MAX_FRAME_TIME_S:g} "
+                         f"seconds ({1 / MAX_FRAME_TIME_S:g} to {1 / MIN_FRAME_TIME_S:g} fps), found {frame_time:g}")
     first = i + 2
     rows = [(k, ln) for k, ln in enumerate(lines[first:], start=first) if ln.strip()]
     if len(rows) < n_frames:
@@ -183,6 +201,11 @@ def _parse_motion(path: str, lines: list[str], start: int, n_channels: int) -> t
                 raise MocapError(f"{path}:{k + 1}: expected a number, found {bad[:40]!r}") from None
             if not np.all(np.isfinite(vals)):
                 raise MocapError(f"{path}:{k + 1}: expected finite numbers, found nan or inf")
+    too_big = np.abs(values) > MAX_ABS_VALUE
+    if too_big.any():
+        k = rows[int(np.argmax(too_big)) // max(n_channels, 1)][0]
+        raise MocapError(f"{path}:{k + 1}: expected channel values within +-{MAX_ABS_VALUE:g}, found "
+                         f"{values[np.argmax(too_big)]:g}")
     return values.reshape(n_frames, n_channels), frame_time
 
 
@@ -259,11 +282,13 @@ def read_bvh(path: str | os.PathLike, scale: float | str = "auto", up: str = "au
     expect_joints: fail unless the hierarchy has this many joints (End Sites not counted).
     """
     path = str(path)
+    if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+        raise MocapError(f"{path}: expected a regular file, found a special file (a FIFO, socket or device)")
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise MocapError(f"{path}: cannot read: {e.strerror or e}") from None
-    lines = raw.decode("utf-8", errors="replace").splitlines()
+    lines = raw.decode("utf-8-sig", errors="replace").splitlines()  # -sig: a byte-order mark is no text
     motion_at = next((i for i, ln in enumerate(lines) if ln.strip().upper() == "MOTION"), None)
     if motion_at is None:
         raise MocapError(f"{path}:{len(lines)}: expected a MOTION section, found none (truncated file?)")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .model import MotionModel
+from .protocol import MAX_COORDINATE_M, MAX_SPEED_M_S
 
 TASKS = ("joystick", "target", "path")
 FREE = ("", "none")
@@ -33,6 +34,8 @@ PATH_SPACING_M = 0.05  # paths are resampled this densely, so a point at arc len
 PATH_WINDOW_M = (-0.5, 1.5)  # where the next nearest path point is searched, around the last one
 TELEPORT_M = 1.0  # a character that moved further in one frame was reset: find its path point anew
 LOOKAHEAD_POINTS = 4
+MAX_PATH_M = 1.0e4  # a path's length; it is stored resampled every PATH_SPACING_M for each character on it
+MAX_TARGET_RADIUS_M = 100.0
 
 
 def to_character(vectors: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -64,9 +67,13 @@ def resample_path(points: np.ndarray, closed: bool, spacing: float = PATH_SPACIN
         raise ValueError("a path has non-finite coordinates")
     if closed:
         pts = np.concatenate([pts, pts[:1]])
+    if np.abs(pts).max() > MAX_COORDINATE_M:
+        raise ValueError(f"a path's coordinates must be within +-{MAX_COORDINATE_M:g} m, got {np.abs(pts).max():g}")
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
     if arc[-1] < 4 * spacing:
         raise ValueError(f"a path must be at least {4 * spacing:g} m long, got {arc[-1]:.3f} m")
+    if arc[-1] > MAX_PATH_M:
+        raise ValueError(f"a path must be at most {MAX_PATH_M:g} m long, got {arc[-1]:.6g} m")
     count = int(round(arc[-1] / spacing))
     s = np.arange(count) * (arc[-1] / count) if closed else np.linspace(0.0, arc[-1], count + 1)
     return np.stack([np.interp(s, arc, pts[:, 0]), np.interp(s, arc, pts[:, 1])], axis=-1)
@@ -342,6 +349,43 @@ def _same(given: tuple[np.ndarray, bool] | None, path: Any, closed: bool) -> boo
     return given[1] == closed and given[0].shape == b.shape and bool(np.array_equal(given[0], b))
 
 
+SCRIPT_ROWS = {"joystick": ("script", 4), "path": ("points", 2), "target": ("targets", 2)}  # task -> rows, width
+MAX_SCRIPT_ROWS = 100_000
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _rows(value: Any, where: str, width: int) -> np.ndarray:
+    """value checked to be 1 to MAX_SCRIPT_ROWS rows of width JSON numbers; (rows, width) float64."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SCRIPT_ROWS:
+        raise ValueError(f"{where} must be a list of 1 to {MAX_SCRIPT_ROWS} rows of {width} numbers, got "
+                         f"{_json_type(value) if not isinstance(value, list) else f'{len(value)} rows'}")
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != width or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+            raise ValueError(f"{where} row {i} must be {width} numbers, got {_shown(row)}")
+    rows = np.array(value, np.float64)
+    if not np.isfinite(rows).all():
+        raise ValueError(f"{where} row {int(np.argwhere(~np.isfinite(rows))[0, 0])} holds a non-finite number")
+    return rows
+
+
+def _within(values: np.ndarray, low: float, high: float, where: str, what: str) -> None:
+    bad = (values < low) | (values > high)
+    if bad.any():
+        row = int(np.argwhere(bad)[0, 0])
+        span = f"from {low:g} to {high:g}" if np.isfinite(high) else f"at least {low:g}"
+        raise ValueError(f"{where} row {row}: {what} must be {span}, got {values[tuple(np.argwhere(bad)[0])]:g}")
+
+
 class ControlScript:
     """A control file for `python -m runtime.bake --control`: the same command for every character over time.
 
@@ -351,6 +395,10 @@ class ControlScript:
       {"task": "joystick", "script": [[t, dir_x, dir_z, speed], ...]}
       {"task": "path", "points": [[x, z], ...], "closed": false}
       {"task": "target", "targets": [[x, z], ...]}    visited in turn (next one once within radius_m)
+
+    Rows are plain JSON numbers (1 to MAX_SCRIPT_ROWS of them): coordinates within +-1e4 m, times from 0 s
+    and never decreasing, speeds 0-20 m/s, a path 0.2 m to 10 km long, radius_m in (0, 100], closed true or
+    false; other keys are refused (a misspelt key would otherwise be ignored).
     """
 
     def __init__(self, task: str, rows: np.ndarray, closed: bool = False, radius_m: float = 0.5) -> None:
@@ -359,7 +407,7 @@ class ControlScript:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "control") -> "ControlScript":
-        """Parse the JSON content of a control file; ValueError naming where and what is wrong."""
+        """Parse the JSON content of a control file; ValueError naming where, the field and what is wrong."""
         if isinstance(data, list):
             width = {len(r) if isinstance(r, list) else -1 for r in data}
             if width == {4}:
@@ -368,25 +416,48 @@ class ControlScript:
                 data = {"task": "path", "points": data, "closed": False}
             else:
                 raise ValueError(f"{where}: a list must hold rows of [t, dir_x, dir_z, speed] or of [x, z]")
-        if not isinstance(data, dict) or data.get("task") not in TASKS:
-            raise ValueError(f"{where}: expected a list or an object with 'task' (one of {', '.join(TASKS)})")
-        key, width = {"joystick": ("script", 4), "path": ("points", 2), "target": ("targets", 2)}[data["task"]]
-        try:
-            rows = np.asarray(data[key], np.float64)
-        except KeyError:
-            raise ValueError(f"{where}: a {data['task']} control needs {key!r}") from None
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: {key!r} must be rows of {width} numbers") from None
-        if rows.ndim != 2 or rows.shape[1] != width or len(rows) == 0 or not np.isfinite(rows).all():
-            raise ValueError(f"{where}: {key!r} must be rows of {width} finite numbers, got shape {rows.shape}")
-        if data["task"] == "joystick":
-            if np.any(np.diff(rows[:, 0]) < 0) or np.any(rows[:, 3] < 0):
-                raise ValueError(f"{where}: joystick times must not decrease and speeds must be at least 0")
-            if np.any(np.hypot(rows[:, 1], rows[:, 2]) < 1e-6):
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON list of rows or an object with 'task', got "
+                             f"{_json_type(data)}")
+        if data.get("task") not in TASKS:
+            raise ValueError(f"{where}: field 'task' must be one of {', '.join(TASKS)}, got {_shown(data.get('task'))}")
+        task = data["task"]
+        key, width = SCRIPT_ROWS[task]
+        allowed = {"task", key} | {"path": {"closed"}, "target": {"radius_m"}}.get(task, set())
+        unknown = sorted(map(str, set(data) - allowed))
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r} for a {task} control (expected "
+                             f"{', '.join(sorted(allowed))})")
+        if key not in data:
+            raise ValueError(f"{where}: a {task} control needs {key!r}")
+        rows = _rows(data[key], f"{where}: {key!r}", width)
+        closed, radius = False, 0.5
+        if task == "joystick":
+            t, direction, speed = rows[:, 0], rows[:, 1:3], rows[:, 3]
+            _within(t, 0.0, np.inf, f"{where}: {key!r}", "times t (seconds)")
+            if np.any(np.diff(t) < 0):
+                raise ValueError(f"{where}: {key!r} row {int(np.argmax(np.diff(t) < 0)) + 1}: times must not decrease")
+            _within(speed, 0.0, MAX_SPEED_M_S, f"{where}: {key!r}", "speeds (m/s)")
+            _within(direction, -MAX_COORDINATE_M, MAX_COORDINATE_M, f"{where}: {key!r}", "directions")
+            if np.any(np.hypot(direction[:, 0], direction[:, 1]) < 1e-6):
                 raise ValueError(f"{where}: a joystick direction must not be [0, 0]")
-        if data["task"] == "path":
-            resample_path(rows, bool(data.get("closed", False)))  # raises if unusable
-        return cls(data["task"], rows, bool(data.get("closed", False)), float(data.get("radius_m", 0.5)))
+        else:
+            _within(rows, -MAX_COORDINATE_M, MAX_COORDINATE_M, f"{where}: {key!r}", "coordinates (m)")
+        if task == "path":
+            closed = data.get("closed", False)
+            if not isinstance(closed, bool):
+                raise ValueError(f"{where}: field 'closed' must be true or false, got {_shown(closed)}")
+            try:
+                resample_path(rows, closed)  # raises if unusable
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        if task == "target":
+            radius = data.get("radius_m", 0.5)
+            number = isinstance(radius, (int, float)) and not isinstance(radius, bool)
+            if not number or not 0 < radius <= MAX_TARGET_RADIUS_M:
+                raise ValueError(f"{where}: field 'radius_m' must be a number in (0, {MAX_TARGET_RADIUS_M:g}] m, got "
+                                 f"{_shown(radius)}")
+        return cls(task, rows, closed, float(radius))
 
     def at(self, seconds: float, origin: np.ndarray) -> dict:
         """The control dict at a time for characters at origin (N, 3)."""

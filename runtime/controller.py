@@ -119,12 +119,17 @@ class Controller:
         return self._states[self._current]
 
     def reset(self, characters: Sequence[int] | np.ndarray | None = None, start: int | None = None,
-              origin: np.ndarray | None = None, yaw: float | np.ndarray | None = None) -> None:
-        """Put characters on a start frame (random when start is None), at origin (default: home) and yaw."""
+              origin: np.ndarray | None = None, yaw: float | np.ndarray | None = None,
+              frames: np.ndarray | None = None) -> None:
+        """Put characters on a start frame (random when start is None), at origin (default: home) and yaw.
+
+        frames (k, n_cond, F), raw feature windows such as a clip's frames, starts the k characters from
+        those poses instead of the model's start frames.
+        """
         idx = np.arange(self.n) if characters is None else np.asarray(characters, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return
-        self._place(idx, start, origin, yaw)
+        self._place(idx, start, origin, yaw, frames)
         if self.foot_lock is not None:
             self._shown[idx] = self.foot_lock.apply(self.state.rotations[idx], self._positions[idx, 0],
                                                     self._contacts[idx], idx)
@@ -132,18 +137,21 @@ class Controller:
             self._shown_positions = None
 
     def _place(self, idx: np.ndarray, start: int | None, origin: np.ndarray | None,
-               yaw: float | np.ndarray | None) -> None:
+               yaw: float | np.ndarray | None, frames: np.ndarray | None = None) -> None:
         """reset() without showing the new pose: their foot locks are forgotten, the next step shows it."""
         if np.any(idx < 0) or np.any(idx >= self.n):
             raise IndexError(f"character indices must be in [0, {self.n}), got {idx.tolist()}")
         starts = self.model.start_frames
-        if start is None:
-            pick = self.rng.integers(len(starts), size=idx.size)
+        if frames is not None:
+            window = np.asarray(frames, np.float32)
+            if window.shape != (idx.size,) + starts.shape[1:]:
+                raise ValueError(f"frames must have shape {(idx.size,) + starts.shape[1:]}, got {window.shape}")
+        elif start is None:
+            window = starts[self.rng.integers(len(starts), size=idx.size)]
         elif 0 <= start < len(starts):
-            pick = np.full(idx.size, start)
+            window = starts[np.full(idx.size, start)]
         else:
             raise IndexError(f"start must be in [0, {len(starts)}) for this model, got {start}")
-        window = starts[pick]  # (k, n_cond, F) raw
         st = self.state
         st.condition[idx] = self.model.normalise(window).reshape(idx.size, -1)
         st.origin[idx] = self.home[idx] if origin is None else np.broadcast_to(origin, (idx.size, 3))

@@ -17,6 +17,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .bone_alignment import align_orientations, bone_targets
 from .motion import Motion
 from .rotations import matrix_to_quat, matrix_to_sixd, sixd_to_matrix, wrap_angle, yaw_matrix
 from .skeleton import Skeleton
@@ -219,7 +220,7 @@ def frame_to_pose(frames: np.ndarray, layout: FeatureLayout, skeleton: Skeleton,
     p_cf = frames[..., layout.slice("positions")].reshape(lead + (n, 3))
     pos = np.einsum("...ik,...jk->...ji", to_world, p_cf) + origin[..., None, :]
     o = sixd_to_matrix(frames[..., layout.slice("orientations")].reshape(lead + (n, 6)))
-    world_rot = to_world[..., None, :, :] @ o
+    world_rot = align_orientations(to_world[..., None, :, :] @ o, pos, bone_targets(skeleton))
     local = matrix_to_quat(skeleton.local_from_world(world_rot))
     contacts = frames[..., layout.slice("contacts")] if layout.has("contacts") else np.zeros(lead + (0,))
     return Pose(pos, world_rot, local, pos[..., 0, :], contacts)

@@ -111,28 +111,34 @@ def read_meta(folder: Path, required: tuple[str, ...] = REQUIRED) -> dict:
     meta_path = folder / "model.json"
     if not folder.is_dir():
         raise model_error(folder, "no such model directory")
+    if meta_path.exists() and not meta_path.is_file():
+        raise model_error(meta_path, "is not a file (a folder or special file)")
     if not meta_path.is_file():
         raise model_error(folder, "not a model directory (no model.json); export one with `python -m trainer.export`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise model_error(meta_path, "not a text file") from None
+        raise model_error(meta_path, "not a UTF-8 text file") from None
     except json.JSONDecodeError as e:
         raise model_error(meta_path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise model_error(meta_path, "JSON nested too deeply to be a model description") from None
+    except OSError as e:
+        raise model_error(meta_path, f"cannot read ({e.strerror or e})") from None
     if not isinstance(meta, dict):
         raise model_error(meta_path, "expected a JSON object")
     version = meta.get("schema_version")
-    if not isinstance(version, int):
+    if "schema_version" not in meta:
         raise model_error(meta_path, "missing field 'schema_version'")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise model_error(meta_path, f"field 'schema_version' must be an integer, got {_short(version)}")
     if version > SCHEMA_VERSION:
         raise model_error(meta_path, f"schema version {version} is newer than this runtime understands "
                                      f"({SCHEMA_VERSION}); update the toolkit")
     if required == REQUIRED and meta.get("kind") == "tokenizer":
         raise model_error(meta_path, "this directory holds only a motion tokenizer (no decoder.onnx); "
                                      "open it with runtime.tokenizer.load_tokenizer")
-    for key in required:
-        if key not in meta:
-            raise model_error(meta_path, f"missing field {key!r}")
+    check_meta(meta, meta_path, required)
     return meta
 
 
@@ -142,6 +148,8 @@ def checked_file(folder: Path, meta: dict, name: str) -> Path:
     path = folder / name
     if entry is None:
         raise model_error(folder / "model.json", f"'files' does not list {name}")
+    if path.exists() and not path.is_file():
+        raise model_error(path, "is not a file (a folder or special file)")
     if not path.is_file():
         raise model_error(path, "missing from the model directory")
     if sha256_file(path) != entry.get("sha256"):
@@ -235,5 +243,274 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
     for task, spec in (meta.get("policies") or {}).items():
         file = spec.get("file", f"policy-{task}.onnx")
         psess, _ = onnx_session(checked_file(folder, meta, file), providers, threads)
+        _check_io(psess, folder / file, {"observation": spec["observation"]["size"]}, {"latent": latent})
         model.policies[task] = Policy(task, psess, spec)
     return model
+
+
+# ---- model.json schema ----------------------------------------------------------------------------------
+# Every field a reader uses is checked here, strictly (types, ranges, shapes, finiteness), when present;
+# read_meta says which must be present. Keys this runtime does not know are tolerated (newer exports add some).
+
+MIN_FPS, MAX_FPS = 1.0, 1000.0
+MAX_ABS_VALUE = 1e6  # features, statistics and codes: beyond this float32 arithmetic overflows in a few steps
+MAX_OFFSET_M = 100.0
+MAX_JOINTS = 1024
+MAX_LATENT = 4096
+MAX_CONDITION_FRAMES = 64
+RECORDS = ("training", "data", "verified", "created")  # free-form provenance: read by people, not by code
+
+
+class _Schema:
+    """Checks of one model.json, each failure a ModelError naming the file and the field."""
+
+    def __init__(self, meta_path: Path) -> None:
+        self.path = meta_path
+
+    def error(self, field: str, expected: str, got: str | None = None) -> ModelError:
+        return model_error(self.path, f"field {field!r} must be {expected}" + (f", got {got}" if got else ""))
+
+    def integer(self, value: object, field: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(field, f"an integer in [{low}, {high}]", _short(value))
+        return value
+
+    def number(self, value: object, field: str, low: float, high: float, low_open: bool = False) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(value, int) or bool(np.isfinite(value)))
+        if not ok or not (value > low if low_open else value >= low) or value > high:
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise self.error(field, f"a finite number in {span}", _short(value))
+        return float(value)
+
+    def text(self, value: object, field: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(field, "a non-empty string", _short(value))
+        return value
+
+    def mapping(self, value: object, field: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(field, "a JSON object", _short(value))
+        return value
+
+    def names(self, value: object, field: str, unique: bool = True) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(field, "a list of non-empty strings", _short(value))
+        if unique and len(set(value)) != len(value):
+            dup = next(v for i, v in enumerate(value) if v in value[:i])
+            raise self.error(field, "a list of distinct names", f"{dup!r} twice")
+        return value
+
+    def array(self, value: object, field: str, shape: tuple[int | None, ...], allow_inf: bool = False,
+              limit: float = MAX_ABS_VALUE) -> np.ndarray:
+        """A nested list of numbers of shape (None: any length >= 1), finite unless allow_inf, within +-limit."""
+        want = "x".join("N" if s is None else str(s) for s in shape)
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):  # ragged nesting
+            arr = np.asarray(None)
+        if arr.dtype.kind not in "iuf" or arr.ndim != len(shape) or any(
+                (s is None and n < 1) or (s is not None and n != s) for s, n in zip(shape, arr.shape)):
+            got = f"shape {arr.shape}" if arr.dtype.kind in "iuf" else "other values"
+            raise self.error(field, f"{want} numbers" if len(shape) == 1 else f"a {want} array of numbers", got)
+        arr = arr.astype(np.float64)
+        bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise self.error(field, "finite numbers" if not allow_inf else "numbers (not NaN)",
+                             f"{arr[where]} at index {list(where)}")
+        big = np.isfinite(arr) & (np.abs(arr) > limit)
+        if big.any():
+            where = tuple(int(i) for i in np.argwhere(big)[0])
+            raise self.error(field, f"numbers within +-{limit:g}", f"{arr[where]:g} at index {list(where)}")
+        return arr
+
+    def file_name(self, value: object, field: str) -> str:
+        name = self.text(value, field)
+        if name in (".", "..") or "/" in name or "\\" in name:
+            raise self.error(field, "a file name inside the model directory", _short(value))
+        return name
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, allow_nan=True, default=str) if not isinstance(value, str) or len(value) < 60 else ""
+    return (text if len(text) <= 60 else text[:57] + "...") if text else repr(value[:40] + "...")
+
+
+def _first_non_finite(meta: dict) -> tuple[str, float] | None:
+    """Field path and value of the first NaN or infinity outside the provenance records and the bounds."""
+    stack: list[tuple[str, object]] = [(k, v) for k, v in meta.items() if k not in RECORDS + ("bounds",)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not np.isfinite(value):
+            return where, value
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items() if k not in RECORDS)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return None
+
+
+def check_meta(meta: dict, meta_path: Path, required: tuple[str, ...] = REQUIRED) -> None:
+    """model.json checked against its schema; ModelError naming the file and field of the first problem.
+
+    Fields in required must be present; every known field that is present is checked.
+    """
+    s = _Schema(meta_path)
+    for key in required:
+        if key not in meta:
+            raise model_error(meta_path, f"missing field {key!r}")
+    s.integer(meta.get("schema_version"), "schema_version", 1, SCHEMA_VERSION)
+    if "name" in meta:
+        s.text(meta["name"], "name")
+    fps = s.number(meta["fps"], "fps", MIN_FPS, MAX_FPS) if "fps" in meta else None
+    skeleton = _check_skeleton(s, meta["skeleton"]) if "skeleton" in meta else None
+    layout = _check_layout(s, meta["layout"], skeleton, fps) if "layout" in meta else None
+    size = layout.size if layout is not None else None
+    if "normalisation" in meta:
+        norm = s.mapping(meta["normalisation"], "normalisation")
+        for key in ("shift", "scale"):
+            if key not in norm:
+                raise model_error(meta_path, f"missing field 'normalisation.{key}'")
+            arr = s.array(norm[key], f"normalisation.{key}", (size,))
+            if key == "scale" and np.any(arr < 1e-9):  # a zero scale divides by zero
+                raise s.error("normalisation.scale", "numbers of at least 1e-9", f"{arr[np.argmax(arr < 1e-9)]:g}")
+    if "bounds" in meta:
+        bounds = s.array(meta["bounds"], "bounds", (2, size), allow_inf=True)
+        if np.any(bounds[0] >= bounds[1]):
+            raise s.error("bounds", "a lower row below the upper row")
+    latent = _check_latent(s, meta["latent"]) if "latent" in meta else None
+    n_cond = (s.integer(meta["condition_frames"], "condition_frames", 1, MAX_CONDITION_FRAMES)
+              if "condition_frames" in meta else None)
+    if "start_frames" in meta:
+        s.array(meta["start_frames"], "start_frames", (None, n_cond, size))
+    files = s.mapping(meta["files"], "files") if "files" in meta else {}
+    for name, entry in files.items():
+        s.file_name(name, "files")
+        entry = s.mapping(entry, f"files.{name}")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise s.error(f"files.{name}.sha256", "64 lowercase hex digits", _short(digest))
+    if meta.get("policies") is not None:
+        for task, spec in s.mapping(meta["policies"], "policies").items():
+            _check_policy(s, task, spec, files, size, latent)
+    if meta.get("tokenizer") is not None:
+        _check_tokenizer(s, meta["tokenizer"], files, size)
+    bad = _first_non_finite(meta)  # in fields read elsewhere, and in those a newer export adds
+    if bad is not None:
+        raise model_error(meta_path, f"field {bad[0]!r} must be finite, got {bad[1]}")
+
+
+def _check_skeleton(s: _Schema, value: object) -> Skeleton:
+    d = s.mapping(value, "skeleton")
+    for key in ("names", "parents", "offsets"):
+        if key not in d:
+            raise model_error(s.path, f"missing field 'skeleton.{key}'")
+    names = s.names(d["names"], "skeleton.names")
+    n = len(names)
+    if not 1 <= n <= MAX_JOINTS:
+        raise s.error("skeleton.names", f"1 to {MAX_JOINTS} joint names", str(n))
+    parents = d["parents"]
+    if not isinstance(parents, list) or len(parents) != n or not all(
+            isinstance(p, int) and not isinstance(p, bool) and -1 <= p < i for i, p in enumerate(parents)) \
+            or parents[0] != -1 or -1 in parents[1:]:
+        raise s.error("skeleton.parents", f"{n} parent indices, -1 for the root (joint 0) and each other joint's "
+                                          "parent before it", _short(parents))
+    s.array(d["offsets"], "skeleton.offsets", (n, 3), limit=MAX_OFFSET_M)
+    ends = d.get("end_offsets")
+    if ends is not None:
+        if not isinstance(ends, list) or len(ends) != n:
+            raise s.error("skeleton.end_offsets", f"{n} entries (null or [x, y, z])", _short(ends))
+        for j, e in enumerate(ends):
+            if e is not None:
+                s.array(e, f"skeleton.end_offsets[{j}]", (3,), limit=MAX_OFFSET_M)
+    try:
+        return Skeleton.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise model_error(s.path, f"field 'skeleton' is malformed ({e})") from None
+
+
+def _check_layout(s: _Schema, value: object, skeleton: Skeleton | None, fps: float | None) -> FeatureLayout:
+    d = s.mapping(value, "layout")
+    names = s.names(d.get("joint_names"), "layout.joint_names")
+    for key in ("contact_joints", "heading_joints"):
+        if key in d:
+            unknown = [v for v in s.names(d[key], f"layout.{key}") if v not in names]
+            if unknown:
+                raise s.error(f"layout.{key}", "joints of layout.joint_names", repr(unknown[0]))
+    s.number(d.get("fps"), "layout.fps", MIN_FPS, MAX_FPS)
+    if "version" in d:
+        s.integer(d["version"], "layout.version", 1, 1 << 20)
+    try:
+        layout = FeatureLayout.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise model_error(s.path, f"field 'layout' is malformed ({e})") from None
+    if skeleton is not None and layout.joint_names != skeleton.names:
+        raise model_error(s.path, "the feature layout's joints do not match the skeleton's")
+    if fps is not None and abs(layout.fps - fps) > 1e-6:
+        raise model_error(s.path, f"the layout's fps {layout.fps} differs from the model's {fps}")
+    if "size" in d and d["size"] != layout.size:
+        raise s.error("layout.size", f"{layout.size} (what its joints and contacts make)", _short(d["size"]))
+    return layout
+
+
+def _check_latent(s: _Schema, value: object) -> int:
+    d = s.mapping(value, "latent")
+    size = s.integer(d.get("size"), "latent.size", 1, MAX_LATENT)
+    if "prior" in d:
+        s.text(d["prior"], "latent.prior")
+    if "codebook" in d:
+        s.array(d["codebook"], "latent.codebook", (None, size))
+    return size
+
+
+def _check_policy(s: _Schema, task: str, spec: object, files: dict, size: int | None, latent: int | None) -> None:
+    where = f"policies.{task}"
+    spec = s.mapping(spec, where)
+    name = s.file_name(spec.get("file", f"policy-{task}.onnx"), f"{where}.file")
+    if name not in files:
+        raise model_error(s.path, f"'files' does not list {name} (the file of {where})")
+    obs = s.mapping(spec.get("observation"), f"{where}.observation")
+    width = s.integer(obs.get("size"), f"{where}.observation.size", 1, 1 << 20)
+    blocks = obs.get("blocks")
+    ok = isinstance(blocks, list) and len(blocks) > 0
+    at = 0
+    for b in blocks if ok else []:
+        ok = (isinstance(b, list) and len(b) == 3 and isinstance(b[0], str)
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in b[1:]) and b[1] == at and b[2] > b[1])
+        if not ok:
+            break
+        at = b[2]
+    if not ok or at != width:
+        raise s.error(f"{where}.observation.blocks", f"[name, start, stop] blocks covering 0..{width} in order",
+                      _short(blocks))
+    frame = [b for b in blocks if b[0] == "frame"]
+    if size is not None and frame and frame[0][2] - frame[0][1] != size:
+        raise s.error(f"{where}.observation.blocks", f"a 'frame' block of {size} columns (the frame size)",
+                      _short(frame[0]))
+    action = s.mapping(spec.get("action"), f"{where}.action")
+    if latent is not None and action.get("size") != latent:
+        raise s.error(f"{where}.action.size", f"{latent} (the latent size)", _short(action.get("size")))
+    if "scale" in action:
+        s.number(action["scale"], f"{where}.action.scale", 0.0, 1e6, low_open=True)
+    if "task" in spec:
+        s.mapping(spec["task"], f"{where}.task")
+    if task == "path":  # the runtime reads how far ahead the path policy looks
+        s.number((spec.get("task") or {}).get("lookahead_m"), f"{where}.task.lookahead_m", 0.0, 100.0,
+                 low_open=True)
+
+
+def _check_tokenizer(s: _Schema, value: object, files: dict, size: int | None) -> None:
+    d = s.mapping(value, "tokenizer")
+    s.integer(d.get("frames_per_token"), "tokenizer.frames_per_token", 1, 1 << 10)
+    s.integer(d.get("codes"), "tokenizer.codes", 1, 1 << 31)
+    s.text(d.get("id"), "tokenizer.id")
+    for key in ("encoder", "decoder"):
+        if key in d:
+            name = s.file_name(d[key], f"tokenizer.{key}")
+            if name not in files:
+                raise model_error(s.path, f"'files' does not list {name} (tokenizer.{key})")
+    if isinstance(d.get("normalisation"), dict):
+        for key in ("shift", "scale"):
+            if key in d["normalisation"]:
+                s.array(d["normalisation"][key], f"tokenizer.normalisation.{key}", (size,))

@@ -41,12 +41,13 @@ MAX_SEED = 2**53 - 1  # the largest integer every JSON implementation (GDScript,
 MAX_COORDINATE_M = 1.0e4
 MAX_SPEED_M_S = 20.0
 MAX_YAW_RAD = 1.0e3
+MAX_PATH_POINTS = 1024
 
 # What each code means is in PROTOCOL.md ("Error codes"), which a test keeps equal to this list.
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "binary_not_allowed", "no_free_slot",
                "unknown_character", "no_policy", "not_lockstep", "server_full", "internal_error")
 
-CONTROL_TASKS = ("joystick", "target", "none")
+CONTROL_TASKS = ("joystick", "target", "path", "none")
 
 
 class ProtocolError(ValueError):
@@ -62,11 +63,12 @@ class ProtocolError(ValueError):
 class Field:
     """One field of a client message: its kind, whether it is required, and its allowed range."""
 
-    kind: str  # int | number | bool | ids | vec2 | task
+    kind: str  # int | number | bool | ids | vec2 | path | task
     required: bool = False
     low: float = -math.inf
     high: float = math.inf
     when: str | None = None  # "task=joystick": required under that condition, refused otherwise
+    optional: bool = False  # with when: allowed under that condition, but not required
 
 
 _IDS = Field("ids", low=0, high=MAX_U16)
@@ -87,6 +89,8 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
         "direction": Field("vec2", low=-MAX_COORDINATE_M, high=MAX_COORDINATE_M, when="task=joystick"),
         "speed": Field("number", low=0.0, high=MAX_SPEED_M_S, when="task=joystick"),
         "target": Field("vec2", low=-MAX_COORDINATE_M, high=MAX_COORDINATE_M, when="task=target"),
+        "path": Field("path", low=-MAX_COORDINATE_M, high=MAX_COORDINATE_M, when="task=path"),
+        "closed": Field("bool", when="task=path", optional=True),
         "foot_lock": Field("bool"),
     },
     "pause": {"paused": Field("bool", required=True)},
@@ -169,6 +173,13 @@ def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> Any:
                 or not all(_is_number(v) and math.isfinite(v) and spec.low <= v <= spec.high for v in value)):
             raise ProtocolError("bad_message", f"{where} must be [x, z], numbers in [{spec.low:g}, {spec.high:g}]")
         return (float(value[0]), float(value[1]))
+    if spec.kind == "path":
+        if (not isinstance(value, list) or not 2 <= len(value) <= MAX_PATH_POINTS
+                or not all(isinstance(p, list) and len(p) == 2 and all(
+                    _is_number(v) and math.isfinite(v) and spec.low <= v <= spec.high for v in p) for p in value)):
+            raise ProtocolError("bad_message", f"{where} must be 2 to {MAX_PATH_POINTS} points [x, z], numbers in "
+                                               f"[{spec.low:g}, {spec.high:g}]")
+        return tuple((float(p[0]), float(p[1])) for p in value)
     if spec.kind == "ids":
         if (not isinstance(value, list) or not 1 <= len(value) <= MAX_U16
                 or not all(_is_integer(v) and spec.low <= v <= spec.high for v in value)):
@@ -212,7 +223,7 @@ def _check_fields(msg_type: str, obj: dict[str, Any]) -> dict[str, Any]:
         value = obj.get(name)
         applies = spec.when is None or obj.get(spec.when.split("=")[0]) == spec.when.split("=")[1]
         if value is None:
-            if spec.required or (spec.when is not None and applies):
+            if spec.required or (spec.when is not None and applies and not spec.optional):
                 raise ProtocolError("bad_message", f"{msg_type} needs field {name!r}"
                                     + (f" when {spec.when}" if spec.when else ""))
             continue

@@ -11,6 +11,8 @@ trims them again because Tokens.length keeps the original length. numpy + onnxru
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "tokenizer-decoder.onnx"
 TOKENS_FORMAT = "motion-tokens"
 TOKENS_VERSION = 1
+TOKENS_FIELDS = ("format", "version", "codes", "length", "frames_per_token", "fps", "start", "tokenizer")
 REQUIRED = ("schema_version", "name", "fps", "skeleton", "layout", "files", "tokenizer")
 
 
@@ -266,24 +269,53 @@ def save_tokens(path: str | Path, tokens: Tokens, tokenizer_name: str = "") -> N
 def load_tokens(path: str | Path) -> Tokens:
     """Read a .tok.npz; TokenError with one sentence when it is not one."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise TokenError(f"{path}: expected a .tok.npz file, found a folder or special file")
     try:
         npz = np.load(path, allow_pickle=False)
+        if not hasattr(npz, "files"):  # a bare .npy array
+            raise TokenError(f"{path}: not a tokens file (a .npy array, not an .npz archive)")
+        with npz:
+            arrays = {k: npz[k] for k in npz.files if k in TOKENS_FIELDS}
+    except TokenError:
+        raise
     except FileNotFoundError:
         raise TokenError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
         raise TokenError(f"{path}: not a readable .npz file ({e.__class__.__name__})") from None
-    with npz:
-        if "format" not in npz.files or str(npz["format"][()]) != TOKENS_FORMAT:
-            raise TokenError(f"{path}: not a tokens file (write one with `python -m runtime.tokens encode`)")
-        if int(npz["version"]) > TOKENS_VERSION:
-            raise TokenError(f"{path}: tokens format version {int(npz['version'])} is newer than this runtime")
-        try:
-            info = json.loads(str(npz["tokenizer"][()]))
-            tokens = Tokens(np.asarray(npz["codes"]), int(npz["length"]), int(npz["frames_per_token"]),
-                            float(npz["fps"]), np.asarray(npz["start"], np.float64), str(info.get("id", "")))
-        except (KeyError, ValueError, TypeError) as e:
-            raise TokenError(f"{path}: malformed tokens file ({e.__class__.__name__}: {e})") from None
-    if tokens.codes.ndim != 1 or not np.issubdtype(tokens.codes.dtype, np.integer) or tokens.start.shape != (3,):
-        raise TokenError(f"{path}: malformed tokens file (codes must be 1-D integers, start 3 numbers)")
-    tokens.codes = tokens.codes.astype(np.int64)
-    return tokens
+    if "format" not in arrays or arrays["format"].shape != () or str(arrays["format"][()]) != TOKENS_FORMAT:
+        raise TokenError(f"{path}: not a tokens file (write one with `python -m runtime.tokens encode`)")
+    missing = [k for k in TOKENS_FIELDS if k not in arrays]
+    if missing:
+        raise TokenError(f"{path}: malformed tokens file (no {missing[0]!r})")
+
+    def scalar(key: str, kind: str) -> float | int:
+        a = arrays[key]
+        if a.shape != () or a.dtype.kind not in kind:
+            what = "integer" if kind == "iu" else "number"
+            raise TokenError(f"{path}: malformed tokens file ({key!r} must be one {what}, got {a.dtype} {a.shape})")
+        return a[()].item()
+
+    version = scalar("version", "iu")
+    if version > TOKENS_VERSION or version < 1:
+        raise TokenError(f"{path}: tokens format version {version} is not one this runtime reads (1..{TOKENS_VERSION})")
+    length, fpt, fps = scalar("length", "iu"), scalar("frames_per_token", "iu"), scalar("fps", "iuf")
+    codes, start = arrays["codes"], arrays["start"]
+    if codes.ndim != 1 or codes.dtype.kind not in "iu" or codes.size == 0:
+        raise TokenError(f"{path}: malformed tokens file ('codes' must be a non-empty 1-D integer array, got "
+                         f"{codes.dtype} {codes.shape})")
+    if start.shape != (3,) or start.dtype.kind not in "iuf" or not np.isfinite(start).all():
+        raise TokenError(f"{path}: malformed tokens file ('start' must be 3 finite numbers: x, z, yaw)")
+    if not 1 <= fpt <= 1024 or not len(codes) * fpt - fpt < length <= len(codes) * fpt:
+        raise TokenError(f"{path}: malformed tokens file (length {length} does not fit {len(codes)} codes of "
+                         f"{fpt} frames)")
+    if not (np.isfinite(fps) and 0 < fps <= 1000):
+        raise TokenError(f"{path}: malformed tokens file ('fps' must be in (0, 1000], got {fps})")
+    try:
+        info = json.loads(str(arrays["tokenizer"][()])) if arrays["tokenizer"].shape == () else None
+    except (ValueError, RecursionError):
+        info = None
+    if not isinstance(info, dict) or not isinstance(info.get("id", ""), str):
+        raise TokenError(f"{path}: malformed tokens file ('tokenizer' must be JSON text with the tokenizer's id)")
+    return Tokens(codes.astype(np.int64), int(length), int(fpt), float(fps), start.astype(np.float64),
+                  info.get("id", ""))

@@ -15,8 +15,9 @@ import numpy as np
 
 from .atomic import atomic_path
 from .bvh import MocapError, read_bvh, write_bvh
+from .cli import UsageError, check_input_file, check_output_file, fail, parse
 from .model import ModelError
-from .tokenizer import DecodedClip, Tokenizer, Tokens, load_tokenizer, load_tokens, save_tokens
+from .tokenizer import DecodedClip, TokenError, Tokenizer, Tokens, load_tokenizer, load_tokens, save_tokens
 
 DECODE_FORMATS = (".bvh", ".npz")
 EXAMPLES = """examples:
@@ -27,27 +28,20 @@ EXAMPLES = """examples:
 """
 
 
-class UsageError(ValueError):
-    """Bad command-line arguments; the message says which and why."""
-
-
 def default_output(source: Path) -> Path:
     """clip.bvh -> clip.tok.npz beside it."""
     return source.with_name(source.stem + ".tok.npz")
-
-
-def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
-    if not any(path.name.lower().endswith(s) for s in suffixes):
-        raise UsageError(f"{path}: unknown output format (expected {', '.join(suffixes)})")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path}: the output folder {path.parent} does not exist")
 
 
 def encode_file(source: Path, tok: Tokenizer, out: Path) -> Tokens:
     """Encode a BVH file and write its .tok.npz."""
     if source.suffix.lower() != ".bvh":
         raise UsageError(f"{source}: expected a .bvh file to encode")
-    tokens = tok.encode(read_bvh(source))
+    clip = read_bvh(source)
+    try:
+        tokens = tok.encode(clip)
+    except TokenError as e:
+        raise TokenError(f"{source}: {e}") from None
     save_tokens(out, tokens, tok.meta["name"])
     return tokens
 
@@ -80,30 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help=f"the clip to write: {', '.join(DECODE_FORMATS)}")
     for parser in (enc, dec):
         parser.add_argument("--model", required=True, help="the model directory holding the tokenizer")
-        parser.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"], help="onnxruntime device")
+        parser.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"],
+                            help="onnxruntime device: %(choices)s (default %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input (one line on stderr, nothing written)."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         if args.command == "encode":
-            source = Path(args.clip)
+            source = check_input_file(args.clip, "BVH file")
             out = Path(args.output) if args.output else default_output(source)
-            _check_output(out, (".tok.npz",))
+            check_output_file(out, (".tok.npz",))
             tok = load_tokenizer(args.model, providers=args.providers)
             tokens = encode_file(source, tok, out)
         else:
-            out = Path(args.output)
-            _check_output(out, DECODE_FORMATS)
+            out = check_output_file(args.output, DECODE_FORMATS)
             tok = load_tokenizer(args.model, providers=args.providers)
             tokens = load_tokens(args.tokens)
-            clip = tok.decode(tokens)
+            try:
+                clip = tok.decode(tokens)
+            except TokenError as e:
+                raise TokenError(f"{args.tokens}: {e}") from None
             write_decoded(out, clip, tok, tokens)
     except (UsageError, MocapError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
+    except OSError as e:
+        return fail(f"{e.filename or args.output}: cannot write ({e.strerror or e})")
     n, fpt = len(tokens.codes), tokens.frames_per_token
     if args.command == "encode":
         if tokens.padded:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11) and installs the project with its training and test extras.
+# Creates .venv (Python 3.11) and installs the project with every extra (bpy pins numpy 1.26 here; the
+# runtime alone also runs on numpy 2, which tests/test_wheel.py checks in a clean venv).
 # Re-running is cheap: the install is skipped while pyproject.toml is unchanged. pip's wheel cache
 # lives outside the checkout (~/.cache/pip), so fresh clones reuse downloads.
 set -euo pipefail
@@ -10,7 +11,7 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   exit 2
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-EXTRAS="train,dev,export,bridge,blender"
+EXTRAS="train,dev,gltf,preview,progress,bridge,blender"
 stamp=.venv/.installed-$( (cat pyproject.toml; echo "$EXTRAS") | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "setting up .venv (first run only) ..."

@@ -105,3 +105,14 @@ def model_dir(tmp_path_factory, frames_path) -> Path:
     run = untrained_run(load_frames(frames_path), TrainConfig(hidden=64), seed=1)
     export_run(run, out, name="tiny", licence="test data")
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the fuzz tallies (tests/contract.py) when fuzz tests ran."""
+    from tests.contract import summary
+
+    lines = summary()
+    if lines:
+        terminalreporter.section("fuzz tallies")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -429,7 +429,7 @@ def test_panel_draws_the_settings_of_the_picked_mode_and_source(default_scene, e
     assert "target_object" in drawn_with("TARGET") and "curve_object" in drawn_with("CURVE")
     server = drawn_with("RANDOM", "SERVER")
     assert {"server_host", "server_port", "server_token"} <= set(server) and "stick" not in server
-    assert ("CURVE", False) in server and ("TARGET", True) in server, "the protocol carries joystick and target only"
+    assert ("CURVE", True) in server and ("TARGET", True) in server, "the protocol carries every task"
 
 
 def test_keys_push_the_stick_relative_to_the_view(ext):
@@ -525,8 +525,6 @@ def test_curve_mode_without_a_path_policy_is_refused_and_changes_nothing(scene):
     before = _snapshot(scene)
     for op in (bpy.ops.motion_vae.play, bpy.ops.motion_vae.bake, bpy.ops.motion_vae.reset):
         _refused(op, "Mode 'Follow curve' needs a 'path' control policy, which model 'tiny' does not have")
-    settings.source = "SERVER"
-    _refused(bpy.ops.motion_vae.play, "protocol carries joystick and target control only")
     assert _snapshot(scene) == before
 
 
@@ -664,6 +662,22 @@ def test_server_source_refusals_and_a_bounded_frame_queue(default_scene, ext):
         _until(lambda: _spawned(server) == 0, "the server to free the character")
     port = server.port  # nothing listens there now
     _refused(bpy.ops.motion_vae.play, f"No godot_bridge server at ws://127.0.0.1:{port}/ \\(connection refused\\)")
+
+
+def test_server_source_steers_along_a_curve(default_scene, ext):
+    live = _sub(ext, "live")
+    settings = default_scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    settings.curve_object = _curve("Route", [(0, 0, 0), (0, -4, 0), (4, -4, 0)])
+    settings.source, settings.mode = "SERVER", "CURVE"
+    with BackgroundServer(Bridge(load_model(None), BridgeConfig(max_clients=1))) as server:
+        settings.server_port = server.port
+        assert bpy.ops.motion_vae.play() == {"FINISHED"}
+        _until(lambda: live.tick() is not None and server.call(lambda: server.bridge._task[0]) == "path",
+               "the path control to arrive")
+        sent = server.call(lambda: server.bridge._paths[0])
+        assert bpy.ops.motion_vae.stop() == {"FINISHED"}
+    assert len(sent) >= 3 and np.allclose(sent[0], [0.0, 0.0], atol=1e-6)  # model ground (x, z) of the curve
 
 
 def _distance_to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:

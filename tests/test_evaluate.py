@@ -1,4 +1,4 @@
-"""Evaluation: the JSON of a tiny run, flags on broken models, and the measures themselves."""
+"""Evaluation: every measure of a tiny run, broken and standing models failing the verdict, the data's own scores."""
 from __future__ import annotations
 
 import json
@@ -8,94 +8,190 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.features import FeatureLayout, decode
-from runtime.rotations import yaw_matrix
+from runtime.features import FeatureLayout, encode
 from runtime.skeleton import Skeleton
 from tests.test_train import TINY, write_frames
 from trainer.checkpoint import read_checkpoint, save_checkpoint
 from trainer.data import load_frames
-from trainer.evaluate import (TorchModel, data_reference, evaluate, frame_quantities, frechet_distance, main,
-                              open_model)
+from trainer.evaluate import BOUNDS, checks, main, reference
+from trainer.export import export
+from trainer.motion_metrics import frechet_distance, gait_series, gait_summary
+from trainer.procedural import generate_clip
 from trainer.train import main as train_main
 
-SECTIONS = ("reconstruction", "latent", "stability", "freezing", "sinking", "foot_skating", "frechet", "flags")
-
+SECTIONS = ("reconstruction", "latent", "rollouts", "frechet", "gait", "freezing", "fk_error_mm", "feet", "checks",
+            "verdict")
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def procedural_frames(path: Path, n_clips: int, seconds: float) -> Path:
+    """A frames.npz of procedural locomotion (feet that really plant), as trainer.prepare writes it."""
+    clips = [generate_clip(seed, seconds) for seed in range(n_clips)]
+    layout = FeatureLayout.for_skeleton(clips[0].skeleton, 30.0)
+    encoded = [encode(c, layout) for c in clips]
+    sizes = np.array([len(e.features) for e in encoded])
+    np.savez(path, data=np.concatenate([e.features for e in encoded]).astype(np.float32),
+             end_indices=np.cumsum(sizes) - 1, clip_names=np.array([f"clip{i}" for i in range(n_clips)]),
+             clip_start_root=np.stack([e.start for e in encoded]), fps=np.float64(30.0),
+             skeleton=np.array(clips[0].skeleton.to_json()), layout=np.array(layout.to_json()),
+             source=np.array(json.dumps({"procedural": True})))
+    return path
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("evaluate")
-    write_frames(folder / "frames.npz", n_clips=6, length=70)
+    procedural_frames(folder / "frames.npz", n_clips=6, seconds=6.0)
     (folder / "tiny.toml").write_text(TINY)
     assert train_main([str(folder / "frames.npz"), "--out", str(folder / "run"), "--config",
                        str(folder / "tiny.toml"), "--holdout-every", "3", "--no-progress"]) == 0
     return folder / "run"
 
 
-def test_evaluate_writes_every_metric(run, capsys):
+def test_evaluate_writes_every_measure_and_a_verdict(run, capsys):
     frames = run.parent / "frames.npz"
-    assert main([str(run), str(frames), "--rollouts", "4", "--frames", "300"]) == 0
+    assert main([str(run), str(frames), "--rollouts", "4", "--frames", "360"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((run / "eval.json").read_text())
     for section in SECTIONS:
-        assert section in result and section in printed
+        assert section in result
+    assert "verdict:" in printed and "checks:" in printed
     assert result["evaluated_clips"]["count"] == 2  # clips 2 and 5 of 6
-    assert result["evaluated_clips"]["which"] == "1 in 3 source clips, held out in training"
-    assert result["reconstruction"]["mse_normalised"] > 0
-    assert set(result["reconstruction"]["rmse_by_block"]) == {"root", "positions", "velocities", "orientations",
-                                                             "contacts"}
+    assert result["evaluated_clips"]["which"] == "1 in 3 source clips and their mirrors, held out in training"
+    assert result["reconstruction"]["joint_error_mm"] > 0
     assert len(result["latent"]["kl_per_dim"]) == 4
-    assert result["stability"] == {**result["stability"], "rollouts": 4, "frames": 300}
-    assert result["frechet"]["distance"] >= 0 and result["frechet"]["frames"] > 0
-    assert result["foot_skating"]["data_mean_speed_mps"] is not None
-    assert set(result["flags"]) == {"nan", "explosion", "freezing", "sinking"}
-    assert isinstance(result["stable"], bool)
+    assert result["rollouts"] == {**result["rollouts"], "characters": 4, "frames": 360, "late_frames": 120,
+                                  "early_frames": 300}
+    assert result["frechet"]["first"] > 0 and result["frechet"]["last"] > 0
+    assert set(result["gait"]["model"]) == set(result["gait"]["data"])
+    assert set(result["checks"]) >= {"drift", "speed_p50", "speed_p90", "turn_p90", "share_standing", "skating",
+                                     "fk_mean_mm", "fk_p99_mm", "freezing", "under_floor", "no_resets"}
+    assert result["verdict"] == ("pass" if all(c["ok"] for c in result["checks"].values()) else "fail")
 
 
-def test_exploding_model_is_flagged(run, tmp_path, capsys):
+def test_a_model_directory_measures_as_its_run(run, tmp_path):
+    """The evaluator runs the exported runtime either way: a run and its export give the same rollouts."""
+    frames = run.parent / "frames.npz"
+    export(run, tmp_path / "model")
+    assert main([str(tmp_path / "model"), str(frames), "--rollouts", "3", "--frames", "320", "--holdout-every", "3",
+                 "--json", str(tmp_path / "dir.json")]) == 0
+    assert main([str(run), str(frames), "--rollouts", "3", "--frames", "320", "--json", str(tmp_path / "run.json")]) == 0
+    from_dir, from_run = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("dir", "run"))
+    assert "reconstruction" not in from_dir and "reconstruction" in from_run
+    for key in ("frechet", "gait", "feet", "fk_error_mm"):
+        assert _numbers(from_dir[key]) == pytest.approx(_numbers(from_run[key]), rel=1e-4, abs=1e-6, nan_ok=True)
+
+
+def _numbers(tree: dict, prefix: str = "") -> dict:
+    """The numbers of a nested dict, flat, by dotted key."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and value is not None:
+            out[prefix + key] = value
+    return out
+
+
+def _edited_run(run: Path, folder: Path, edit) -> Path:
     state = read_checkpoint(run)
-    for name in state["model"]:
-        if name.startswith("decoder.weights") or name.startswith("decoder.biases"):
-            state["model"][name] = state["model"][name] * 40.0
-    (tmp_path / "broken").mkdir()
-    save_checkpoint(state, tmp_path / "broken" / "checkpoint.pt")
-    out = tmp_path / "broken.json"
-    code = main([str(tmp_path / "broken"), str(run.parent / "frames.npz"), "--rollouts", "4", "--frames", "300",
-                 "--json", str(out), "--strict"])
+    edit(state)
+    folder.mkdir()
+    save_checkpoint(state, folder / "checkpoint.pt")
+    return folder
+
+
+def test_an_exploding_model_fails_the_verdict(run, tmp_path, capsys):
+    def blow_up(state):
+        for name in state["model"]:
+            if name.startswith("decoder.weights") or name.startswith("decoder.biases"):
+                state["model"][name] = state["model"][name] * 40.0
+
+    broken = _edited_run(run, tmp_path / "broken", blow_up)
+    code = main([str(broken), str(run.parent / "frames.npz"), "--rollouts", "4", "--frames", "320", "--strict"])
     assert code == 1
-    result = json.loads(out.read_text())
-    assert result["flags"]["explosion"] or result["flags"]["nan"]
-    assert result["stability"]["exploded_rollouts"] + result["stability"]["nan_rollouts"] == 4
-    assert result["stable"] is False
+    result = json.loads((broken / "eval.json").read_text())
+    assert result["rollouts"]["resets"] > 0 and not result["checks"]["no_resets"]["ok"]
+    assert result["verdict"] == "fail"
 
 
-class Frozen(TorchModel):
-    """Repeats its condition's last pose with the root standing still: a frozen character."""
-
-    drop = 0.0
-
-    def next_frame(self, z, condition):
-        raw = self.normaliser.denormalise(condition[:, -self.layout.size:])
-        raw[:, self.layout.slice("root")] = 0.0
-        raw[:, self.layout.slice("positions")][:, 1::3] -= self.drop
-        return self.normaliser.normalise(raw)
-
-
-class Sinking(Frozen):
-    """A frozen character whose whole body drops 5 mm per frame."""
-
-    drop = 0.005
-
-
-@pytest.mark.parametrize("kind,flag", [(Frozen, "freezing"), (Sinking, "sinking")])
-def test_frozen_and_sinking_models_are_flagged(run, kind, flag):
+def test_a_model_that_only_stands_fails_on_gait_and_freezing(run, tmp_path):
+    """A decoder that always returns one motionless pose: standing, frozen and far from the data's gait."""
     frames = load_frames(run.parent / "frames.npz")
-    model = kind(open_model(run).run, torch.device("cpu"))
-    result = evaluate(model, frames, holdout_every=3, n_rollouts=3, length=240)
-    assert result["flags"][flag], result[flag]
-    assert not result["flags"]["explosion"] and not result["flags"]["nan"]
+    state = read_checkpoint(run)
+    layout = frames.layout
+    still = frames.data[0].astype(np.float64).copy()
+    for block in ("root", "velocities"):
+        still[layout.slice(block)] = 0.0
+    shift, scale = (np.asarray(state["normaliser"][k]) for k in ("shift", "scale"))
+    target = torch.as_tensor((still - shift) / scale, dtype=torch.float32)
+
+    def stand(state):
+        last = max(int(name.split(".")[-1]) for name in state["model"] if name.startswith("decoder.weights."))
+        state["model"][f"decoder.weights.{last}"].zero_()
+        state["model"][f"decoder.biases.{last}"][:] = target
+
+    standing = _edited_run(run, tmp_path / "standing", stand)
+    assert main([str(standing), str(frames.path), "--rollouts", "3", "--frames", "300", "--holdout-every", "3"]) == 0
+    result = json.loads((standing / "eval.json").read_text())
+    assert result["gait"]["model"]["share_standing"] == 1.0 and result["gait"]["model"]["speed_p90"] < 1e-6
+    assert result["freezing"]["model"] == 1.0 and not result["checks"]["freezing"]["ok"]
+    assert result["verdict"] == "fail"
+
+
+def test_mocap_measured_by_the_rollout_rule_plants_its_feet(tmp_path):
+    """The procedural mocap plants feet without sliding; the rule must see that, in its share and its speed."""
+    frames = load_frames(procedural_frames(tmp_path / "frames.npz", n_clips=2, seconds=20.0))
+    ref = reference(frames, np.arange(2))
+    assert ref.skating < 0.03, ref.skating                 # planted feet stand still in the world
+    assert 0.2 < ref.planted_share < 0.7, ref.planted_share
+    assert ref.under_floor == 0.0 and ref.frozen == 0.0
+    assert 0.5 < ref.gait["speed_p50"] < 3.5
+
+
+def _result(**changes) -> dict:
+    gait = {"speed_p10": 0.5, "speed_p50": 1.0, "speed_p90": 2.0, "turn_p50": 10.0, "turn_p90": 40.0,
+            "share_standing": 0.1, "share_walking": 0.5, "share_jogging": 0.2, "share_running": 0.2}
+    result = {"rollouts": {"non_finite": 0, "resets": 0}, "frechet": {"drift": 1.0},
+              "gait": {"model": dict(gait), "data": dict(gait)}, "freezing": {"model": 0.0, "data": 0.0},
+              "fk_error_mm": {"mean": 0.5, "p99": 5.0},
+              "feet": {"skating_ratio": 1.0, "data_skating_mps": 0.1, "under_floor": 0.0, "data_under_floor": 0.0}}
+    for path, value in changes.items():
+        *keys, last = path.split("__")
+        target = result
+        for key in keys:
+            target = target[key]
+        target[last] = value
+    return result
+
+
+@pytest.mark.parametrize("path,bad,check", [
+    ("frechet__drift", BOUNDS["drift"] * 1.01, "drift"),
+    ("gait__model__speed_p90", 2.0 * (1 + BOUNDS["speed"] * 1.1), "speed_p90"),
+    ("gait__model__turn_p90", 40.0 * (1 + BOUNDS["turning"] * 1.1), "turn_p90"),
+    ("gait__model__share_standing", 0.1 + BOUNDS["gait_share"] * 1.1, "share_standing"),
+    ("feet__skating_ratio", BOUNDS["skating"] * 1.01, "skating"),
+    ("fk_error_mm__p99", BOUNDS["fk_p99_mm"] * 1.01, "fk_p99_mm"),
+    ("freezing__model", BOUNDS["frozen"] * 1.1, "freezing"),
+    ("rollouts__resets", 1, "no_resets"),
+])
+def test_each_bound_fails_just_outside_it(path, bad, check):
+    assert all(c["ok"] for c in checks(_result()).values())
+    failed = [name for name, c in checks(_result(**{path: bad})).items() if not c["ok"]]
+    assert failed == [check]
+
+
+def test_gait_measures():
+    fps = 30.0
+    root = np.zeros((2, 300, 3))
+    root[0, :, 1] = 2.0 / fps            # 2 m/s straight ahead
+    root[1, :, 1] = 0.1 / fps            # 0.1 m/s, turning 90 deg/s
+    root[1, :, 2] = np.radians(90.0) / fps
+    speed, turn = gait_series(root, fps)
+    summary = gait_summary(speed, turn)
+    assert summary["share_jogging"] == pytest.approx(0.5) and summary["share_standing"] == pytest.approx(0.5)
+    assert summary["speed_p90"] == pytest.approx(2.0) and summary["turn_p90"] == pytest.approx(90.0)
 
 
 def test_layout_mismatch_and_missing_model_exit_2(run, tmp_path, capsys):
@@ -107,31 +203,6 @@ def test_layout_mismatch_and_missing_model_exit_2(run, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_foot_skating_uses_the_runtime_root_convention():
-    """A foot planted in the world while the character walks and turns does not skate."""
-    layout = FeatureLayout(("Foot",), 30.0, contact_joints=("Foot",))
-    t = np.arange(40)
-    yaw = 0.05 * t + 0.3 * np.sin(t / 5)
-    origin = np.stack([0.02 * t + 0.1 * np.sin(t / 7), np.zeros_like(yaw), 0.04 * t], axis=-1)
-    foot = np.array([0.4, 0.05, 1.1])
-    frames = np.zeros((len(t), layout.size))
-    frames[:, layout.slice("positions")] = np.einsum("tji,tj->ti", yaw_matrix(yaw), foot - origin)  # R^T (f - o)
-    step = np.einsum("tji,tj->ti", yaw_matrix(yaw[:-1]), np.diff(origin, axis=0))
-    frames[1:, layout.slice("root")] = np.stack([step[:, 0], step[:, 2], np.diff(yaw)], axis=-1)
-    frames[:, layout.slice("orientations")] = [1, 0, 0, 0, 1, 0]
-    frames[:, layout.slice("contacts")] = 1.0
-    skeleton = Skeleton(("Foot",), [-1], [[0, 0, 0]])
-    pose, _, _ = decode(frames, layout, skeleton, np.array([origin[0, 0], origin[0, 2], yaw[0]]))
-    np.testing.assert_allclose(pose.positions[:, 0], np.broadcast_to(foot, (len(t), 3)), atol=1e-9)
-    q = frame_quantities(frames[:-1], frames[1:], layout, 30.0)
-    assert q["skate"].max() < 1e-9 and q["contact"].all()
-    # The same frames with the foot sliding 1 cm per frame forward in the world: 0.3 m/s.
-    slide = foot + np.outer(t, [0, 0, 0.01])
-    frames[:, layout.slice("positions")] = np.einsum("tji,tj->ti", yaw_matrix(yaw), slide - origin)
-    q = frame_quantities(frames[:-1], frames[1:], layout, 30.0)
-    np.testing.assert_allclose(q["skate"], 0.3, rtol=1e-9)
-
-
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(5, 5))
@@ -141,10 +212,3 @@ def test_frechet_distance():
     assert frechet_distance(mean, cov, mean + 2.0, cov) == pytest.approx(20.0, abs=1e-8)
     one = frechet_distance(np.zeros(1), np.eye(1) * 4.0, np.ones(1), np.eye(1) * 9.0)
     assert one == pytest.approx(1.0 + (2.0 - 3.0) ** 2)
-
-
-def test_data_reference_scores_the_data_as_healthy(run):
-    ref = data_reference(load_frames(run.parent / "frames.npz"))
-    assert ref.height_low <= ref.height_mean <= ref.height_high
-    assert 0.0 <= ref.frozen_fraction <= 1.0 and ref.window == 60
-    assert np.all(ref.low <= ref.mean) and np.all(ref.mean <= ref.high) and np.all(ref.slack > 0)

@@ -1,10 +1,9 @@
-"""Foot locking (runtime/footlock.py) and the planted-foot rule (runtime/contacts.py), on the shipped default model."""
+"""Foot locking (runtime/footlock.py) on the shipped default model."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runtime.contacts import joint_floors, planted_mask, planted_speeds
 from runtime.controller import Controller
 from runtime.features import FeatureLayout
 from runtime.footlock import FootLock, FootLockSettings, find_legs
@@ -175,21 +174,3 @@ def test_controller_shows_locked_poses_without_changing_the_model(model):
     again = Controller(model, 1, seed=0, foot_lock=True)
     again.reset(start=0)
     assert np.abs(again.poses().local_rotations[0] - locked.poses().local_rotations[k]).max() < 1e-6
-
-
-def test_planted_mask_holds_three_frames_and_measures_sliding():
-    fps = 30.0
-    t = 12
-    y = np.full(t, 0.05)
-    y[2:6] = 0.01  # down on frame 2 (still moving down), then still for three frames: planted
-    y[8:10] = 0.01  # still for one frame: a toe skimming the floor
-    x = np.arange(t) * 0.01  # sliding 0.3 m/s the whole time
-    p = np.stack([x, y, np.zeros(t)], -1)[:, None]  # (T, 1 joint, 3)
-    floor = joint_floors(p)
-    assert floor[0] == pytest.approx(0.01)
-    mask = planted_mask(p, fps, floor)
-    assert mask[:, 0].tolist() == [False] * 3 + [True] * 3 + [False] * 6
-    assert planted_speeds(p, fps, mask) == pytest.approx([0.3, 0.3])
-    fast = p.copy()
-    fast[4, 0, 1] = 0.016  # 0.18 m/s up, then down: not still
-    assert not planted_mask(fast, fps, floor).any()

@@ -13,7 +13,7 @@ from trainer.config import TrainConfig
 from trainer.data import load_frames
 from trainer.export import untrained_run
 from trainer.policy.__main__ import main as policy_main
-from trainer.evaluate import frame_quantities
+from trainer.motion_metrics import frame_quantities
 from trainer.policy.export import export_policy, load_exported
 from trainer.policy.loop import RunConfig, make_trainer, read, restore, train
 from trainer.policy.ppo import ActorCritic, PolicyGraph, PPOConfig, gae, ppo_update

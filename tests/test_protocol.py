@@ -90,6 +90,8 @@ def test_flags_magic_and_version_agree_everywhere():
 
 
 def _required(spec: P.Field) -> str:
+    if spec.when and spec.optional:
+        return f"no, {spec.when} only"
     return f"when {spec.when}" if spec.when else ("yes" if spec.required else "no")
 
 

@@ -54,7 +54,7 @@ def edit_json(change):
     (edit_json(lambda m: m.update(schema_version=99)), "schema version 99 is newer than this runtime"),
     (edit_json(lambda m: m.pop("layout")), "missing field 'layout'"),
     (edit_json(lambda m: m["layout"]["joint_names"].reverse()), "block table|do not match the skeleton"),
-    (edit_json(lambda m: m["normalisation"]["scale"].pop()), "normalisation must hold"),
+    (edit_json(lambda m: m["normalisation"]["scale"].pop()), "'normalisation.scale' must be 271 numbers"),
     (lambda d: (d / "decoder.onnx").write_bytes(b"\x00corrupt" * 100), "sha256 does not match"),
 ])
 def test_bad_model_directories_fail_in_one_sentence(model_dir, tmp_path, edit, message):

@@ -153,13 +153,14 @@ def test_training_writes_logs_plot_and_checkpoint(run):
     assert last["recon"] < first["recon"] and last["usage"] >= 0.5 and np.isfinite(last["heldout_mpjpe_mm"])
 
 
-def test_killed_run_resumes_to_the_same_result(run, work, frames_path):
+def test_killed_run_resumes_to_the_same_result(run, work, frames_path, capsys):
     broken = work / "broken"
     killed = run_module("trainer.train_tokenizer", str(frames_path), "--out", str(broken), "--config",
                         str(work / "tiny.toml"), "--no-progress", env={ABORT_ENV: "20"})
     assert killed.returncode == 3, killed.stderr
     assert read_tokenizer_checkpoint(broken)["step"] == 15
     assert train_main([str(frames_path), "--out", str(broken), "--resume", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("trained 30 steps in 0 min ")
     a, b = read_tokenizer_checkpoint(run), read_tokenizer_checkpoint(broken)
     assert b["step"] == a["step"] == 30
     np.testing.assert_allclose([r["loss"] for r in b["history"]], [r["loss"] for r in a["history"]], rtol=1e-5)
@@ -206,6 +207,15 @@ def test_export_into_an_existing_model_directory(run, model_dir, tmp_path):
     shutil.copytree(model_dir, other)
     meta = json.loads((other / "model.json").read_text())
     meta["layout"]["contact_joints"], meta["layout"]["blocks"] = [], meta["layout"]["blocks"][:-1]
+    (other / "model.json").write_text(json.dumps(meta))
+    # The layout no longer matches its own size and statistics: refused before the tokenizer is compared.
+    with pytest.raises(ModelError, match="field 'layout.size' must be 267"):
+        export_tokenizer(run, other)
+    meta["layout"]["size"] = meta["layout"]["blocks"][-1][2]
+    for key in ("shift", "scale"):
+        meta["normalisation"][key] = meta["normalisation"][key][:meta["layout"]["size"]]
+    meta["bounds"] = [row[:meta["layout"]["size"]] for row in meta["bounds"]]
+    meta["start_frames"] = [[f[:meta["layout"]["size"]] for f in s] for s in meta["start_frames"]]
     (other / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="feature layout or fps differs from the tokenizer's"):
         export_tokenizer(run, other)

@@ -75,6 +75,11 @@ def test_cli_end_to_end_writes_logs_plot_and_checkpoint(workdir):
     rows = (run / "log.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,phase,student_probability,lr,step,loss,recon,kl")
     assert [r.split(",")[1] for r in rows[1:]] == ["teacher", "ramping", "student"]
+    # --no-progress still ends with one line: steps, time, the last epoch's losses, where the run is.
+    summary, last = done.stdout.strip().splitlines()[-1], dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert summary.startswith(f"trained {int(last['step']):,} steps in 0 min ")
+    losses = ", ".join(f"{key} {float(last[key]):.4g}" for key in ("loss", "recon", "kl"))
+    assert f"; last logged {losses}; run in {run} " in summary
     assert (run / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((run / "tensorboard").iterdir())
     assert from_dict(tomllib.loads((run / "config.toml").read_text())).hidden == 32
@@ -242,7 +247,7 @@ def test_student_steps_feed_back_the_models_output(coins):
     spec = ModelSpec(frame_size=frame, latent=2, n_cond=n_cond)
     model = Recorder(frame)
     trainer = RolloutTrainer(model, torch.optim.SGD(model.parameters(), lr=0.0), spec, KLSchedule(),
-                             torch.ones(1), 0.0)
+                             torch.ones(1), TrainConfig())
     window = torch.arange(2 * (n_cond + 4) * frame, dtype=torch.float32).view(2, n_cond + 4, frame)
     trainer.run(window, torch.tensor(coins + [False]), step=0)
     assert len(model.seen) == 4

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Any
 # TOML files may group keys under these tables; they all land in one flat config (TrainConfig, TokenizerConfig).
 SECTIONS = ("model", "data", "train", "loss")
 PAPER_PHASES = (20, 20, 100)  # teacher, ramping, student epochs in Ling et al. 2020
+# The settings of TrainConfig with a fixed set of values (validate checks them; the CLI lists them).
+CHOICES = {"decoder": ("mixture", "single"), "expert_init": ("reference", "linear"),
+           "normalisation": ("zscore", "minmax", "none"), "kl_mode": ("beta", "capacity"),
+           "prior": ("standard", "learned")}
 
 
 class ConfigError(ValueError):
@@ -33,9 +38,11 @@ class TrainConfig:
     vq_codes: int = 512
     vq_decay: float = 0.99
     vq_reset_threshold: float = 1.0
+    prior: str = "standard"           # standard: z ~ N(0, I) | learned: z ~ N(mu(c), sigma(c)), a net of the condition
     # data
     normalisation: str = "zscore"     # zscore | minmax | none
     holdout_every: int = 0            # hold out every k-th clip (0: train on all clips)
+    balance_speed: float = 0.0        # draw windows by root speed density^-this (0: uniform, 1: every speed alike)
     # loop
     batch_size: int = 64
     rollout: int = 8
@@ -56,6 +63,9 @@ class TrainConfig:
     kl_capacity: float = 10.0         # C_max, nats per frame summed over latent dimensions
     kl_capacity_steps: int = 100_000  # optimiser steps over which C rises linearly from 0 to C_max
     commit_weight: float = 0.25
+    condition_noise: float = 0.0      # std of Gaussian noise on the condition the decoder sees (normalised units)
+    foot_weight: float = 0.0          # planted feet's world steps against the data's (cm^2)
+    fk_weight: float = 0.0            # predicted bones against the predicted rotations' rest offsets (cm^2)
 
     @property
     def epochs(self) -> int:
@@ -64,9 +74,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values and combinations; raise ConfigError naming the first bad one."""
-        choices = {"decoder": ("mixture", "single"), "expert_init": ("reference", "linear"),
-                   "normalisation": ("zscore", "minmax", "none"), "kl_mode": ("beta", "capacity")}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         positive = ("latent", "hidden", "experts", "gate_hidden", "n_cond", "n_future", "vq_codes",
@@ -87,6 +95,9 @@ class TrainConfig:
             raise ConfigError("future_weights must be non-negative with a positive sum")
         if not 0.0 < self.vq_decay < 1.0:
             raise ConfigError(f"vq_decay = {self.vq_decay}: must lie in (0, 1)")
+        for key in ("condition_noise", "foot_weight", "fk_weight", "balance_speed"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} = {getattr(self, key)}: must not be negative")
         if self.lr <= 0 or self.lr_end < 0:
             raise ConfigError("lr must be positive and lr_end non-negative")
         return self
@@ -134,6 +145,9 @@ def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
             flat.update(value)
         else:
             flat[key] = value
+    for key, value in flat.items():  # nan/inf parse as TOML floats and slip past every range check
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{key} = {value!r}: must be finite")
     return flat
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +17,7 @@ from runtime.skeleton import Skeleton
 from .prepare import MIRROR_SUFFIX
 
 REQUIRED_KEYS = ("data", "end_indices", "layout", "skeleton", "fps")
+SPEED_BIN_MPS = 0.25  # root-speed bins of the speed-balanced sampler
 
 
 class FramesError(ValueError):
@@ -26,7 +28,7 @@ def parse_layout(text: str, where: str) -> FeatureLayout:
     """A FeatureLayout from its JSON text; FramesError naming where when it is not one."""
     try:
         return FeatureLayout.from_json(text)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise FramesError(f"{where}: not a valid feature layout ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -34,7 +36,7 @@ def parse_skeleton(text: str, where: str) -> Skeleton:
     """A Skeleton from its JSON text; FramesError naming where when it is not one."""
     try:
         return Skeleton.from_json(text)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
         raise FramesError(f"{where}: not a valid skeleton ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -77,27 +79,43 @@ def load_frames(path: str | Path) -> Frames:
     """Read and check a frames.npz; raise FramesError with one sentence on anything unusable."""
     path = Path(path)
     where = str(path)
+    if path.exists() and not path.is_file():
+        raise FramesError(f"{where}: expected a frames.npz file, found a folder or special file")
     try:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FramesError(f"{where}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FramesError(f"{where}: not a readable .npz file ({exc})") from None
-    with npz:
-        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
-        if missing:
-            raise FramesError(f"{where}: missing key(s) {', '.join(missing)} "
-                              f"(found {', '.join(npz.files) or 'none'})")
-        try:
-            data = np.asarray(npz["data"])
-            ends = np.asarray(npz["end_indices"])
-            fps = float(npz["fps"])
-            names = tuple(str(n) for n in npz["clip_names"]) if "clip_names" in npz.files else None
-        except ValueError as exc:
-            raise FramesError(f"{where}: unreadable array ({exc})") from None
-        layout = parse_layout(str(npz["layout"][()]), f"{where}: layout")
-        skeleton = parse_skeleton(str(npz["skeleton"][()]), f"{where}: skeleton")
-        source = _source_summary(str(npz["source"][()]), where) if "source" in npz.files else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FramesError(f"{where}: not a readable .npz file ({exc.__class__.__name__})") from None
+    if not hasattr(npz, "files"):
+        raise FramesError(f"{where}: not a frames.npz (a bare .npy array)")
+    try:
+        return _checked(path, npz)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as exc:
+        raise FramesError(f"{where}: damaged .npz file ({exc.__class__.__name__})") from None
+    finally:
+        npz.close()
+
+
+def _checked(path: Path, npz) -> Frames:
+    """load_frames' checks of an open npz."""
+    where = str(path)
+    missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+    if missing:
+        raise FramesError(f"{where}: missing key(s) {', '.join(missing)} "
+                          f"(found {', '.join(npz.files) or 'none'})")
+    try:
+        data = np.asarray(npz["data"])
+        ends = np.asarray(npz["end_indices"])
+        fps = float(npz["fps"])
+        names = tuple(str(n) for n in npz["clip_names"]) if "clip_names" in npz.files else None
+    except (ValueError, TypeError) as exc:
+        raise FramesError(f"{where}: unreadable array ({exc})") from None
+    if not 0 < fps <= 1000:  # NaN fails too
+        raise FramesError(f"{where}: 'fps' must be in (0, 1000], got {fps}")
+    layout = parse_layout(str(npz["layout"][()]), f"{where}: layout")
+    skeleton = parse_skeleton(str(npz["skeleton"][()]), f"{where}: skeleton")
+    source = _source_summary(str(npz["source"][()]), where) if "source" in npz.files else {}
     if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):
         raise FramesError(f"{where}: 'data' must be a 2-D float array, got {data.dtype} {data.shape}")
     if data.shape[1] != layout.size:
@@ -226,6 +244,27 @@ class RolloutSampler:
         self.window = window
         self.batch_size = batch_size
         self.rank, self.world = rank, world
+        self.weights: torch.Tensor | None = None
+
+    def balance_speed(self, frames: Frames, strength: float, bin_mps: float = SPEED_BIN_MPS) -> None:
+        """Draw windows against how common their root speed is: weight density^-strength (0 keeps uniform).
+
+        Each window's speed is its frames' mean root speed, binned every bin_mps; strength 1 makes every
+        bin equally likely. Rare gaits (running in mostly-walking mocap) then get as many updates as common
+        ones, while what follows a given pose, within its clip, is unchanged.
+        """
+        if strength <= 0:
+            self.weights = None
+            return
+        root = frames.data[:, frames.layout.slice("root")]
+        speed = np.hypot(root[:, 0], root[:, 1]) * frames.fps
+        cumulative = np.concatenate([[0.0], np.cumsum(speed)])
+        first = self.starts.numpy()
+        mean = (cumulative[first + self.window] - cumulative[first]) / self.window
+        bins = np.floor(mean / bin_mps).astype(np.int64)
+        density = np.bincount(bins)[bins] / len(bins)
+        weights = density ** -strength
+        self.weights = torch.from_numpy(weights / weights.sum())
 
     def __len__(self) -> int:
         """Batches in one full epoch (at least one; drawn with replacement when starts are too few)."""
@@ -235,7 +274,9 @@ class RolloutSampler:
         """Yield (batch, window) frame-index tensors for one epoch; limit caps the batch count."""
         n_batches = limit or len(self)
         need = n_batches * self.batch_size * self.world
-        if need <= len(self.starts):
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, need, replacement=True, generator=generator)
+        elif need <= len(self.starts):
             order = torch.randperm(len(self.starts), generator=generator)[:need]
         else:
             order = torch.randint(len(self.starts), (need,), generator=generator)

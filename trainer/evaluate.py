@@ -1,15 +1,24 @@
-"""Quality metrics of a trained Motion VAE (`python -m trainer.evaluate`).
+"""Quality of a Motion VAE as a user sees it, against held-out mocap (`python -m trainer.evaluate`).
 
-Measures next-frame reconstruction on held-out clips, how much the latent is used, and what long
-random-latent rollouts do: NaNs, explosions, freezing, sinking, foot skating, and the Frechet distance
-between their feature statistics and the data's. Rollout statistics are accumulated chunk by chunk,
-so 10,000-frame rollouts never sit in memory whole.
+Long random-latent rollouts run through the runtime exactly as engines get them (the exported ONNX step and
+runtime.Controller; a training run is exported to a temporary folder first), starting from held-out frames.
+Every measure is taken by one rule on the rollouts and on the held-out clips, and the verdict compares them:
+
+- drift: Frechet distance of pose features (character-frame joint positions and velocities, standardised by
+  the held-out data) over the first EARLY_S seconds and over the last third of the rollouts, and their ratio;
+- gait: smoothed root speed and turning percentiles, and the share of frames standing, walking, jogging and
+  running over the last third, beside the held-out clips';
+- feet: skating (horizontal speed of planted feet) on the forward kinematics of the local rotations engines
+  show, contacts found from those positions (runtime.contacts); feet under the floor;
+- the rotations against the predicted positions (FK error), freezing, NaNs and divergence resets;
+- for a training run also held-out next-frame reconstruction and how much of the latent is used.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,318 +26,234 @@ import numpy as np
 import torch
 
 from runtime.atomic import atomic_write_text
-from runtime.features import FeatureLayout
-from runtime.rotations import yaw_matrix
+from runtime.cli import UsageError, check_memory, check_output_file, fail, parse, write_error
+from runtime.contacts import foot_floor, planted_speed
+from runtime.controller import Controller
+from runtime.features import FeatureLayout, decode
+from runtime.model import MotionModel, ModelError, load_model
 
-from .checkpoint import CheckpointError, LoadedRun, checkpoint_path, load_run
-from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, heldout_clips,
-                   load_frames)
+from .checkpoint import CheckpointError, LoadedRun, checkpoint_path, load_run, read_checkpoint
 from .config import ConfigError
+from .data import Frames, FramesError, RolloutSampler, clip_rows, heldout_clips, load_frames
 from .models import kl_per_dimension
+from .motion_metrics import (frechet_distance, frozen_windows, gait_series, gait_summary, gaussian, pose_speed,
+                             standardiser)
 from .runs import resolve_device
 
 DEFAULT_HOLDOUT_EVERY = 10
+DEFAULT_ROLLOUTS = 64
+DEFAULT_FRAMES = 3000
+ROLLOUT_FRAME_BYTES = 8192.0  # features and decoded poses a rollout keeps per frame (a 22-joint body, roughly)
 ACTIVE_KL = 0.01          # nats: a latent dimension carrying less than this is counted as collapsed
-EXPLODE_MARGIN = 3.0      # block ranges beyond a column's data range: a value there has exploded
-FREEZE_SECONDS = 2.0      # window over which freezing and height are judged
-FREEZE_SPEED = 0.05       # m/s: below this, both root and mean joint speed count as frozen
-FREEZE_TOLERANCE = 0.2    # allowed excess of frozen windows over the data's own fraction
-HEIGHT_TOLERANCE = 0.1    # metres beyond the data's root-height range (1st..99th percentile)
-CONTACT_ON = 0.5
+EARLY_S = 10.0            # the rollouts' first seconds, for the drift ratio
+LATE_FRACTION = 1 / 3     # the rollouts' last third: where drift, gait and skating are judged
+UNDER_FLOOR_M = 0.03      # a foot joint this far below its floor is under the floor
+FK_CHUNK = 100            # frames put through forward kinematics at once
+# The verdict: every measure within its bound of the held-out data's.
+BOUNDS = {
+    "drift": 1.3,              # Frechet(last third) / Frechet(first EARLY_S)
+    "speed": 0.15,             # relative error of root speed p50 and p90
+    "turning": 0.25,           # relative error of turning p90
+    "gait_share": 0.15,        # absolute difference of each gait's share of frames
+    "skating": 1.5,            # planted-foot speed / the data's
+    "fk_mean_mm": 1.0,         # FK of the rotations against the predicted positions
+    "fk_p99_mm": 10.0,
+    "frozen": 0.05,            # frozen-window share above the data's
+    "under_floor": 0.01,       # share of frames with a foot under the floor above the data's
+}
 
 
-class TorchModel:
-    """A trained checkpoint behind the small interface the metrics use (a model folder comes later)."""
-
-    def __init__(self, run: LoadedRun, device: torch.device):
-        self.run, self.device = run, device
-        self.decoder = run.decoder
-
-    @property
-    def layout(self) -> FeatureLayout:
-        """Feature layout of the frames the model predicts."""
-        return self.run.layout
-
-    @property
-    def normaliser(self) -> Normaliser:
-        """The model's normalisation of raw frames."""
-        return self.run.normaliser
-
-    @property
-    def n_cond(self) -> int:
-        """Condition frames."""
-        return self.run.spec.n_cond
-
-    def next_frame(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Next normalised frame (B, F) from z and a normalised condition (B, n_cond*F)."""
-        return self.decoder(z, condition)
-
-    def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n random latents for a rollout step."""
-        return self.run.model.sample_prior(n, generator)
-
-    def encode(self, x: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Posterior statistics of normalised target frames."""
-        return self.run.model.encode(x, condition)
-
-    def posterior_mean(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """The latent that best explains x."""
-        return self.run.model.posterior_mean(x, condition)
-
-
-def open_model(path: str | Path, device: str = "cpu") -> TorchModel:
-    """A model to evaluate from a run folder or checkpoint file."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.json").is_file():
-        # An exported model folder (ONNX decoder + model.json) plugs in here with the same interface.
-        raise CheckpointError(f"{path}: exported model folders are not evaluable yet; pass the run folder")
-    device = resolve_device(device)
-    return TorchModel(load_run(path, device), device)
-
-
-def frame_quantities(prev: np.ndarray, cur: np.ndarray, layout: FeatureLayout, fps: float) -> dict[str, np.ndarray]:
-    """Per-frame motion measures of frames cur (..., F) that follow frames prev (..., F).
-
-    root_speed, pose_speed (mean joint speed in the character frame) and root_height (joint 0) are (...);
-    skate (horizontal foot speed in the world, m/s) and contact are (..., C).
-    """
-    n = layout.n_joints
-    root = cur[..., layout.slice("root")]
-    p_cur = cur[..., layout.slice("positions")].reshape(cur.shape[:-1] + (n, 3))
-    p_prev = prev[..., layout.slice("positions")].reshape(prev.shape[:-1] + (n, 3))
-    out = {"root_speed": np.hypot(root[..., 0], root[..., 1]) * fps,
-           "pose_speed": np.linalg.norm(p_cur - p_prev, axis=-1).mean(-1) * fps,
-           "root_height": p_cur[..., 0, 1]}
-    if layout.has("contacts"):
-        feet = [layout.joint_names.index(name) for name in layout.contact_joints]
-        # Current feet seen from the previous character frame: rotate by dyaw, shift by (dx, dz).
-        turn = yaw_matrix(root[..., 2])[..., None, :, :]
-        moved = (turn @ p_cur[..., feet, :, None])[..., 0]
-        moved[..., 0] += root[..., None, 0]
-        moved[..., 2] += root[..., None, 1]
-        step = moved - p_prev[..., feet, :]
-        out["skate"] = np.hypot(step[..., 0], step[..., 2]) * fps
-        out["contact"] = cur[..., layout.slice("contacts")] > CONTACT_ON
-    return out
-
-
-def window_means(values: np.ndarray, width: int) -> np.ndarray:
-    """Means over consecutive non-overlapping windows along the last axis (a partial tail is dropped)."""
-    n = values.shape[-1] // width
-    return values[..., : n * width].reshape(values.shape[:-1] + (n, width)).mean(-1)
-
-
-def frozen(root_speed: np.ndarray, pose_speed: np.ndarray) -> np.ndarray:
-    """Whether windowed root and pose speeds are both near zero."""
-    return (root_speed < FREEZE_SPEED) & (pose_speed < FREEZE_SPEED)
-
-
-def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
-    """Frechet distance between Gaussians: |ma - mb|^2 + tr(Ca + Cb - 2 (Ca^1/2 Cb Ca^1/2)^1/2)."""
-    w, v = np.linalg.eigh(cov_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b)
-                 - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+def _rows(frames: Frames, clips: np.ndarray):
+    """(first, last) frame index of each clip."""
+    return zip(frames.clip_starts[clips], frames.end_indices[clips])
 
 
 @dataclass
-class DataReference:
-    """The data's ranges and statistics, and what the data itself scores on every rollout measure."""
+class Reference:
+    """What the held-out clips score on every measure, and the units the rollouts are measured in."""
 
-    mean: np.ndarray
-    std: np.ndarray
-    low: np.ndarray           # per-column data minimum, raw units
-    high: np.ndarray
-    slack: np.ndarray         # per column: how far beyond [low, high] counts as an explosion
-    cov: np.ndarray
-    frozen_fraction: float
-    height_low: float
-    height_high: float
-    height_mean: float
-    skate: float | None
-    window: int
-
-    def zscore(self, frames: np.ndarray) -> np.ndarray:
-        """Frames in the evaluator's units (independent of the model's own normalisation)."""
-        return (frames - self.mean) / self.std
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    feature_cov: np.ndarray
+    floor: np.ndarray         # (C,) floor height of each contact joint
+    gait: dict
+    skating: float | None     # None when no foot of the clips is ever planted
+    planted_share: float
+    frozen: float
+    under_floor: float
+    frames: int
 
 
-def data_reference(frames: Frames) -> DataReference:
-    """Statistics of all clips of frames, measured like rollouts."""
-    data = frames.data.astype(np.float64)
-    layout, fps = frames.layout, frames.fps
-    mean, std = data.mean(0), data.std(0)
-    low, high = data.min(0), data.max(0)
-    slack = np.empty_like(mean)
-    for _, start, stop in layout.blocks:
-        # Judged against the block's typical range, not the column's own: a drifting hip height is
-        # sinking (measured below), not an explosion; values that leave the body's scale are.
-        spread = np.sqrt(((high - low)[start:stop] ** 2).mean())
-        slack[start:stop] = EXPLODE_MARGIN * (spread if spread > Normaliser.EPS else 1.0)
-        # Near-constant columns (the root's own x/z in its character frame) would turn tiny errors
-        # into huge z-scores: floor each column's scale at a tenth of its block's typical scale, and
-        # give a block that never varies (contacts never set) unit scale, as Normaliser does.
-        typical = np.sqrt((std[start:stop] ** 2).mean())
-        std[start:stop] = np.maximum(std[start:stop], 0.1 * typical) if typical > Normaliser.EPS else 1.0
-    z = (data - mean) / std
-    prev = np.concatenate([data[:1], data[:-1]])
-    q = frame_quantities(prev, data, layout, fps)
-    inside = np.ones(len(data), dtype=bool)
-    inside[frames.clip_starts] = False  # a clip's first frame has no predecessor in its clip
-    window = max(1, round(FREEZE_SECONDS * fps))
-    flags = [frozen(window_means(q["root_speed"][s + 1:e + 1], window),
-                    window_means(q["pose_speed"][s + 1:e + 1], window))
-             for s, e in zip(frames.clip_starts, frames.end_indices)]
-    flags = np.concatenate(flags)
-    skate = None
-    if "skate" in q:
-        on = q["contact"] & inside[:, None]
-        skate = float(q["skate"][on].mean()) if on.any() else 0.0
-    height = q["root_height"]
-    return DataReference(mean, std, low, high, slack, np.cov(z, rowvar=False),
-                         float(flags.mean()) if len(flags) else 0.0, float(np.percentile(height, 1)),
-                         float(np.percentile(height, 99)), float(height.mean()), skate, window)
+def pose_features(data: np.ndarray, layout: FeatureLayout) -> np.ndarray:
+    """Character-frame joint positions and velocities of raw frames (..., F) -> (..., 6J)."""
+    return np.concatenate([data[..., layout.slice("positions")], data[..., layout.slice("velocities")]], axis=-1)
 
 
-class RolloutStats:
-    """Accumulates rollout measures chunk by chunk; a rollout that turns NaN or explodes drops out."""
-
-    def __init__(self, n: int, ref: DataReference, layout: FeatureLayout, fps: float):
-        self.ref, self.layout, self.fps = ref, layout, fps
-        self.nan = np.zeros(n, dtype=bool)
-        self.exploded = np.zeros(n, dtype=bool)
-        self.first_failure = np.full(n, -1)
-        self.frozen_windows = 0
-        self.windows = 0
-        self.frozen_at_end = np.zeros(n, dtype=bool)
-        self.height_low = np.full(n, np.inf)
-        self.height_high = np.full(n, -np.inf)
-        self.last_height = np.full(n, np.nan)
-        self.skate_sum, self.skate_count = 0.0, 0
-        self.sum = np.zeros(len(ref.mean))
-        self.outer = np.zeros((len(ref.mean), len(ref.mean)))
-        self.count = 0
-
-    @property
-    def alive(self) -> np.ndarray:
-        """Which rollouts have neither turned NaN nor exploded so far."""
-        return ~(self.nan | self.exploded)
-
-    def add(self, prev: np.ndarray, chunk: np.ndarray, first_frame: int) -> None:
-        """Add frames (B, T, F) of every rollout, raw units; prev (B, F) precedes them."""
-        broken = ~self.alive
-        z = self.ref.zscore(chunk)
-        with np.errstate(invalid="ignore", over="ignore"):
-            nonfinite = ~np.isfinite(chunk).all(axis=2)                                     # (B, T)
-            bad = nonfinite | ((chunk < self.ref.low - self.ref.slack)
-                               | (chunk > self.ref.high + self.ref.slack)).any(axis=2)
-        new = ~broken & bad.any(axis=1)
-        self.first_failure[new] = first_frame + bad.argmax(axis=1)[new]
-        self.nan |= new & nonfinite.any(axis=1)
-        self.exploded |= new & ~nonfinite.any(axis=1)
-        alive = self.alive
-        if not alive.any():
-            return
-        frames, z = chunk[alive], z[alive]
-        before = np.concatenate([prev[alive][:, None], frames[:, :-1]], axis=1)
-        q = frame_quantities(before, frames, self.layout, self.fps)
-        still = frozen(window_means(q["root_speed"], self.ref.window), window_means(q["pose_speed"], self.ref.window))
-        self.frozen_windows += int(still.sum())
-        self.windows += still.size
-        if still.shape[1]:
-            self.frozen_at_end[alive] = still[:, -1]
-        heights = window_means(q["root_height"], self.ref.window)
-        if heights.shape[1]:
-            self.height_low[alive] = np.minimum(self.height_low[alive], heights.min(1))
-            self.height_high[alive] = np.maximum(self.height_high[alive], heights.max(1))
-            self.last_height[alive] = heights[:, -1]
-        if "skate" in q:
-            self.skate_sum += float(q["skate"][q["contact"]].sum())
-            self.skate_count += int(q["contact"].sum())
-        flat = z.reshape(-1, z.shape[-1])
-        self.sum += flat.sum(0)
-        self.outer += flat.T @ flat
-        self.count += len(flat)
-
-    def summary(self) -> dict:
-        """The measures as plain data, with the data's own values beside them."""
-        ref, n, alive = self.ref, len(self.nan), self.alive
-        out: dict = {
-            "stability": {"rollouts": n, "nan_rollouts": int(self.nan.sum()),
-                          "exploded_rollouts": int(self.exploded.sum()),
-                          "first_failure_frame": int(self.first_failure[~alive].min()) if (~alive).any() else None,
-                          "explode_margin_block_ranges": EXPLODE_MARGIN},
-            "freezing": {"window_s": FREEZE_SECONDS, "speed_threshold_mps": FREEZE_SPEED,
-                         "frozen_window_fraction": self.frozen_windows / self.windows if self.windows else None,
-                         "data_frozen_window_fraction": ref.frozen_fraction,
-                         "frozen_at_end_fraction": float(self.frozen_at_end[alive].mean()) if alive.any() else None},
-        }
-        low = float(self.height_low[alive].min()) if alive.any() else None
-        high = float(self.height_high[alive].max()) if alive.any() else None
-        drift = None if low is None else max(ref.height_low - low, high - ref.height_high, 0.0)
-        out["sinking"] = {"root_height_min_m": low, "root_height_max_m": high,
-                          "data_root_height_range_m": [ref.height_low, ref.height_high],
-                          "final_height_offset_m": float(np.nanmean(self.last_height[alive]) - ref.height_mean)
-                          if alive.any() else None,
-                          "height_drift_m": drift}
-        skate = self.skate_sum / self.skate_count if self.skate_count else None
-        out["foot_skating"] = {"contact_frames": self.skate_count, "mean_speed_mps": skate,
-                               "data_mean_speed_mps": ref.skate,
-                               "ratio_to_data": skate / ref.skate if skate is not None and ref.skate else None}
-        fd = None
-        if self.count > 1:
-            mean = self.sum / self.count
-            cov = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
-            fd = frechet_distance(mean, cov, np.zeros_like(mean), ref.cov)
-        out["frechet"] = {"distance": fd, "frames": self.count, "units": "z-scores of the data"}
-        out["flags"] = {
-            "nan": bool(self.nan.any()), "explosion": bool(self.exploded.any()),
-            "freezing": self.windows > 0 and self.frozen_windows / self.windows > ref.frozen_fraction + FREEZE_TOLERANCE,
-            "sinking": drift is not None and drift > HEIGHT_TOLERANCE,
-        }
-        return out
+def contact_indices(layout: FeatureLayout) -> list[int]:
+    """Joint indices of the layout's contact joints (the feet)."""
+    return [layout.joint_names.index(name) for name in layout.contact_joints]
 
 
-@torch.no_grad()
-def rollouts(model: TorchModel, frames: Frames, ref: DataReference, n: int, length: int, seed: int,
-             chunk_windows: int = 10) -> dict:
-    """n random-latent rollouts of length frames from random data windows, measured chunk by chunk."""
-    gen = torch.Generator().manual_seed(seed)
-    layout, norm, k = model.layout, model.normaliser, model.n_cond
-    starts = RolloutSampler(frames, np.arange(frames.n_clips), k, n).starts
-    first = starts[torch.randint(len(starts), (n,), generator=gen)]
-    window = torch.from_numpy(frames.data[(first[:, None] + torch.arange(k)).numpy()]).to(model.device)
-    condition = norm.normalise(window)                                  # (n, k, F)
-    stats = RolloutStats(n, ref, layout, frames.fps)
-    prev = frames.data[(first + k - 1).numpy()].astype(np.float64)
-    chunk = ref.window * chunk_windows
-    done = 0
-    while done < length and stats.alive.any():
-        steps = min(chunk, length - done)
-        out = torch.empty(n, steps, layout.size, device=model.device)
-        for t in range(steps):
-            nxt = model.next_frame(model.prior(n, gen), condition.flatten(1))
-            out[:, t] = nxt
-            # A diverged rollout is recorded in out; feeding it zeros from here on keeps non-finite
-            # arithmetic (slow on CPUs) away from the batch it shares with healthy rollouts.
-            nxt = torch.nan_to_num(nxt, nan=0.0, posinf=0.0, neginf=0.0)
-            condition = torch.cat((condition[:, 1:], nxt[:, None]), dim=1)
-        raw = norm.denormalise(out).cpu().numpy().astype(np.float64)
-        stats.add(prev, raw, done)
-        prev = raw[:, -1]
-        done += steps
-    result = stats.summary()
-    result["stability"]["frames"] = length
-    result["stability"]["frames_simulated"] = done  # less when every rollout failed early
-    return result
+def reference(frames: Frames, clips: np.ndarray) -> Reference:
+    """Measure the given clips of frames by the rules the rollouts are measured by."""
+    layout, fps, skeleton = frames.layout, frames.fps, frames.skeleton
+    feet = contact_indices(layout)
+    clips_data = [frames.data[s:e + 1].astype(np.float64) for s, e in _rows(frames, clips)]
+    world = [decode(d, layout, skeleton)[0].positions[:, feet] for d in clips_data]
+    floor = foot_floor(np.concatenate([w[..., 1] for w in world]))
+    feats = pose_features(np.concatenate(clips_data), layout)
+    j3 = 3 * layout.n_joints
+    mean, scale = standardiser(feats, [slice(0, j3), slice(j3, 2 * j3)])
+    cov = gaussian((feats - mean) / scale)[1]
+    speeds, turns, skate, planted, frozen, under = [], [], [], [], [], []
+    for d, w in zip(clips_data, world):
+        # A clip's first frame copies the second's root delta and velocities: measure from frame 1 on.
+        speed, turn = gait_series(d[1:, layout.slice("root")], fps)
+        speeds.append(speed)
+        turns.append(turn)
+        p_cf = d[:, layout.slice("positions")].reshape(len(d), -1, 3)
+        frozen.append(frozen_windows(np.hypot(d[1:, 0], d[1:, 1]) * fps, pose_speed(p_cf, fps)[1:], fps))
+        if feet:
+            s, p = planted_speed(w, fps, floor)
+            skate.append(s[p])
+            planted.append(p[1:].ravel())
+            under.append((w[..., 1] < floor - UNDER_FLOOR_M).any(-1))
+    skate = np.concatenate(skate) if feet else np.zeros(0)
+    return Reference(mean, scale, cov, floor, gait_summary(np.concatenate(speeds), np.concatenate(turns)),
+                     float(skate.mean()) if len(skate) else None,
+                     float(np.concatenate(planted).mean()) if feet else 0.0,
+                     float(np.concatenate(frozen).mean()) if any(len(f) for f in frozen) else 0.0,
+                     float(np.concatenate(under).mean()) if feet else 0.0, len(feats))
+
+
+def start_windows(frames: Frames, clips: np.ndarray, n_cond: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n raw condition windows (n, n_cond, F) from random places in the given clips."""
+    starts = np.concatenate([np.arange(s, e - n_cond + 2) for s, e in _rows(frames, clips) if e - s + 1 >= n_cond])
+    first = rng.choice(starts, n)
+    return frames.data[first[:, None] + np.arange(n_cond)]
+
+
+def rollouts(model: MotionModel, frames: Frames, clips: np.ndarray, ref: Reference, n: int, length: int,
+             seed: int) -> dict:
+    """n random-latent rollouts of length frames through the runtime, from held-out frames, measured."""
+    layout, fps, skeleton = model.layout, model.fps, model.skeleton
+    rng = np.random.default_rng(seed)
+    ctrl = Controller(model, n, seed=seed)
+    ctrl.reset(frames=start_windows(frames, clips, model.n_cond, n, rng))
+    early = min(length, max(1, round(EARLY_S * fps)))
+    late = max(1, round(length * LATE_FRACTION))
+    feet = contact_indices(layout)
+    j = layout.n_joints
+    root = np.zeros((n, length, 3))
+    p_cf = np.zeros((n, length, j, 3), np.float32)
+    feats = np.zeros((n, early + late, 6 * j), np.float32)
+    feet_fk = np.zeros((n, length, len(feet), 3))
+    fk_error = np.zeros((length, n, j), np.float32)
+    resets = np.zeros((n, length), bool)
+    finite = np.ones(n, bool)
+    chunk_rot = np.zeros((FK_CHUNK, n, j, 4), np.float64)
+    chunk_root = np.zeros((FK_CHUNK, n, 3))
+    chunk_pos = np.zeros((FK_CHUNK, n, j, 3))
+    for t in range(length):
+        poses = ctrl.step()
+        raw = ctrl.features().astype(np.float64)
+        finite &= np.isfinite(raw).all(-1)
+        resets[:, t] = poses.reset
+        root[:, t] = raw[:, layout.slice("root")]
+        p_cf[:, t] = raw[:, layout.slice("positions")].reshape(n, j, 3)
+        if t < early:
+            feats[:, t] = pose_features(raw, layout)
+        if t >= length - late:
+            feats[:, early + t - (length - late)] = pose_features(raw, layout)
+        k = t % FK_CHUNK
+        chunk_rot[k], chunk_root[k], chunk_pos[k] = poses.local_rotations, poses.root_position, poses.positions
+        if k == FK_CHUNK - 1 or t == length - 1:
+            fk = skeleton.forward_kinematics(chunk_rot[:k + 1], chunk_root[:k + 1])[0]
+            fk_error[t - k:t + 1] = np.linalg.norm(fk - chunk_pos[:k + 1], axis=-1)
+            feet_fk[:, t - k:t + 1] = fk[:, :, feet].transpose(1, 0, 2, 3)
+    return summarise(ref, layout, fps, root, p_cf, feats, early, feet_fk, fk_error, resets, finite)
+
+
+def summarise(ref: Reference, layout: FeatureLayout, fps: float, root: np.ndarray, p_cf: np.ndarray,
+              feats: np.ndarray, early: int, feet_fk: np.ndarray, fk_error: np.ndarray, resets: np.ndarray,
+              finite: np.ndarray) -> dict:
+    """The rollout measures beside the reference's, as plain data."""
+    n, length = root.shape[:2]
+    late = feats.shape[1] - early
+    z = (feats - ref.feature_mean) / ref.feature_scale
+    fd_early = frechet_distance(*gaussian(z[:, :early]), np.zeros(z.shape[-1]), ref.feature_cov)
+    fd_late = frechet_distance(*gaussian(z[:, early:]), np.zeros(z.shape[-1]), ref.feature_cov)
+    speed, turn = gait_series(root[:, length - late:], fps)
+    out = {
+        "rollouts": {"characters": n, "frames": length, "late_frames": late, "early_frames": early,
+                     "resets": int(resets.sum()), "characters_reset": int(resets.any(1).sum()),
+                     "non_finite": int((~finite).sum())},
+        "frechet": {"first": fd_early, "last": fd_late, "drift": fd_late / max(fd_early, 1e-9),
+                    "units": "z-scores of held-out character-frame joint positions and velocities"},
+        "gait": {"model": gait_summary(speed, turn), "data": ref.gait},
+    }
+    frozen = frozen_windows(np.hypot(root[..., 0], root[..., 1]) * fps, pose_speed(p_cf, fps), fps)
+    out["freezing"] = {"model": float(frozen.mean()) if frozen.size else 0.0, "data": ref.frozen}
+    mm = fk_error * 1000.0
+    out["fk_error_mm"] = {"mean": float(mm.mean()), "p99": float(np.percentile(mm, 99)), "max": float(mm.max())}
+    if feet_fk.shape[2]:
+        tail = feet_fk[:, length - late:]
+        speed_fk, planted = planted_speed(tail, fps, ref.floor)
+        skate = float(speed_fk[planted].mean()) if planted.any() else None
+        out["feet"] = {"skating_mps": skate, "data_skating_mps": ref.skating,
+                       "skating_ratio": skate / ref.skating if skate is not None and ref.skating else None,
+                       "planted_share": float(planted[:, 1:].mean()), "data_planted_share": ref.planted_share,
+                       "under_floor": float((feet_fk[..., 1] < ref.floor - UNDER_FLOOR_M).any(-1).mean()),
+                       "data_under_floor": ref.under_floor}
+    return out
+
+
+def checks(result: dict) -> dict[str, dict]:
+    """Each bounded measure: its value, the bound and whether it holds."""
+    roll, gait = result["rollouts"], result["gait"]
+    model, data = gait["model"], gait["data"]
+    out = {"finite": (roll["non_finite"], "== 0", roll["non_finite"] == 0),
+           "no_resets": (roll["resets"], "== 0", roll["resets"] == 0),
+           "drift": (result["frechet"]["drift"], f"<= {BOUNDS['drift']}",
+                     result["frechet"]["drift"] <= BOUNDS["drift"])}
+    for key, bound in (("speed_p50", "speed"), ("speed_p90", "speed"), ("turn_p90", "turning")):
+        rel = abs(model[key] - data[key]) / max(data[key], 1e-9)
+        out[key] = (rel, f"relative error <= {BOUNDS[bound]}", rel <= BOUNDS[bound])
+    for name in ("standing", "walking", "jogging", "running"):
+        diff = abs(model[f"share_{name}"] - data[f"share_{name}"])
+        out[f"share_{name}"] = (diff, f"|model - data| <= {BOUNDS['gait_share']}", diff <= BOUNDS["gait_share"])
+    frozen = result["freezing"]["model"] - result["freezing"]["data"]
+    out["freezing"] = (frozen, f"excess <= {BOUNDS['frozen']}", frozen <= BOUNDS["frozen"])
+    fk = result["fk_error_mm"]
+    out["fk_mean_mm"] = (fk["mean"], f"<= {BOUNDS['fk_mean_mm']}", fk["mean"] <= BOUNDS["fk_mean_mm"])
+    out["fk_p99_mm"] = (fk["p99"], f"<= {BOUNDS['fk_p99_mm']}", fk["p99"] <= BOUNDS["fk_p99_mm"])
+    if "feet" in result:
+        feet = result["feet"]
+        if feet["data_skating_mps"]:  # data whose feet never plant cannot judge skating
+            ratio = feet["skating_ratio"]
+            out["skating"] = (ratio, f"<= {BOUNDS['skating']}", ratio is not None and ratio <= BOUNDS["skating"])
+        under = feet["under_floor"] - feet["data_under_floor"]
+        out["under_floor"] = (under, f"excess <= {BOUNDS['under_floor']}", under <= BOUNDS["under_floor"])
+    return {k: {"value": None if v is None else float(v), "bound": b, "ok": bool(ok)} for k, (v, b, ok) in out.items()}
+
+
+class TorchModel:
+    """A trained checkpoint for the measures that need the encoder (reconstruction, latent use)."""
+
+    def __init__(self, run: LoadedRun, device: torch.device):
+        self.run, self.device = run, device
+
+    def next_frame(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Next normalised frame (B, F) from z itself (not prior noise) and a normalised condition (B, n_cond*F)."""
+        return self.run.model.decoder(z, condition)[:, : self.run.layout.size]
 
 
 @torch.no_grad()
 def reconstruction(model: TorchModel, frames: Frames, clips: np.ndarray, max_windows: int = 8192,
                    batch: int = 1024) -> dict:
     """Next-frame error through the posterior mean on clips, and how the latent is used there."""
-    spec, layout, norm = model.run.spec, model.layout, model.normaliser
+    run = model.run
+    spec, layout, norm = run.spec, run.layout, run.normaliser
     span = spec.n_cond + spec.n_future
     starts = RolloutSampler(frames, clips, span, 1).starts
     starts = starts[np.linspace(0, len(starts) - 1, min(max_windows, len(starts))).astype(np.int64)]
@@ -337,119 +262,174 @@ def reconstruction(model: TorchModel, frames: Frames, clips: np.ndarray, max_win
     errors, stats = [], []
     for part in windows.split(batch):
         condition, target = part[:, : spec.n_cond].flatten(1), part[:, spec.n_cond:].flatten(1)
-        pred = model.next_frame(model.posterior_mean(target, condition), condition)
-        errors.append((norm.denormalise(pred) - norm.denormalise(part[:, spec.n_cond]),
-                       pred - part[:, spec.n_cond]))
-        stats.append(model.encode(target, condition))
+        pred = model.next_frame(run.model.posterior_mean(target, condition), condition)
+        errors.append((norm.denormalise(pred) - norm.denormalise(part[:, spec.n_cond]), pred - part[:, spec.n_cond]))
+        stats.append(run.model.encode(target, condition))
     raw = torch.cat([e[0] for e in errors]).cpu().numpy()
     normed = torch.cat([e[1] for e in errors]).cpu().numpy()
     rmse = {name: float(np.sqrt((raw[:, layout.slice(name)] ** 2).mean())) for name, _, _ in layout.blocks}
-    out = {"windows": len(rows), "mse_normalised": float((normed ** 2).mean()), "rmse_by_block": rmse}
+    joints = raw[:, layout.slice("positions")].reshape(len(raw), -1, 3)
+    out = {"windows": len(rows), "mse_normalised": float((normed ** 2).mean()), "rmse_by_block": rmse,
+           "joint_error_mm": float(np.linalg.norm(joints, axis=-1).mean() * 1000)}
     if "mu" in stats[0]:
         kl = kl_per_dimension(torch.cat([s["mu"] for s in stats]), torch.cat([s["logvar"] for s in stats]))
         kl = kl.cpu().numpy()
         latent = {"kl_per_dim": [round(float(v), 5) for v in kl], "kl_total": float(kl.sum()),
                   "active_dims": int((kl > ACTIVE_KL).sum()), "latent": len(kl)}
     else:
-        quantizer = model.run.model.quantizer
+        quantizer = run.model.quantizer
         codes = torch.cat([quantizer.nearest(s["z_e"]) for s in stats])
         latent = {"perplexity": float(quantizer.perplexity(codes)), "codes_used": int(codes.unique().numel()),
                   "codes": quantizer.codes}
     return {"reconstruction": out, "latent": latent}
 
 
-def evaluate(model: TorchModel, frames: Frames, holdout_every: int, n_rollouts: int = 32,
-             length: int = 10_000, seed: int = 0) -> dict:
-    """All metrics of model on frames, as plain data."""
+def evaluated_clips(frames: Frames, every: int, trained_every: int | None) -> tuple[np.ndarray, str]:
+    """The held-out clips to judge against, and a note saying whether training saw them."""
+    held = heldout_clips(frames.clip_names, every)
+    if len(held) == 0:
+        return np.arange(frames.n_clips), "all clips (none held out; seen in training)"
+    seen = "held out in" if trained_every == every else "seen in"
+    return held, f"1 in {every} source clips and their mirrors, {seen} training"
+
+
+def evaluate(model: MotionModel, frames: Frames, holdout_every: int, n_rollouts: int = DEFAULT_ROLLOUTS,
+             length: int = DEFAULT_FRAMES, seed: int = 0, run: TorchModel | None = None,
+             trained_every: int | None = None) -> dict:
+    """Every measure of model on frames' held-out clips, with the verdict, as plain data."""
     if model.layout != frames.layout:
         raise FramesError(f"{frames.path}: its feature layout differs from the model's "
                           f"({frames.layout.size} vs {model.layout.size} features)")
-    model.run.model.eval()
-    held = heldout_clips(frames.clip_names, holdout_every)
-    unseen = model.run.config.holdout_every == holdout_every
-    clips, note = held, f"1 in {holdout_every} source clips, {'held out in' if unseen else 'seen in'} training"
-    if len(held) == 0:
-        clips, note = np.arange(frames.n_clips), "all clips (none held out; seen in training)"
-    result = {"model": str(model.run.path), "frames": str(frames.path), "epoch": model.run.epoch,
-              "evaluated_clips": {"which": note, "count": int(len(clips)),
-                                  "frames": int(len(clip_rows(frames, clips)))}}
-    result.update(reconstruction(model, frames, clips))
-    ref = data_reference(frames)
-    result.update(rollouts(model, frames, ref, n_rollouts, length, seed))
-    result["stable"] = not any(result["flags"].values())
+    clips, note = evaluated_clips(frames, holdout_every, trained_every)
+    result: dict = {"model": str(model.path if run is None else run.run.path), "frames": str(frames.path),
+                    "evaluated_clips": {"which": note, "count": int(len(clips)),
+                                        "frames": int(len(clip_rows(frames, clips)))}}
+    if run is not None:
+        run.run.model.eval()
+        result["epoch"] = run.run.epoch
+        result.update(reconstruction(run, frames, clips))
+    ref = reference(frames, clips)
+    result.update(rollouts(model, frames, clips, ref, n_rollouts, length, seed))
+    result["checks"] = checks(result)
+    result["verdict"] = "pass" if all(c["ok"] for c in result["checks"].values()) else "fail"
     return result
+
+
+def open_model(path: str | Path, device: str, scratch: Path) -> tuple[MotionModel, TorchModel | None, int | None]:
+    """The runtime model behind a model directory or a training run (exported into scratch first)."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.json").is_file():
+        return load_model(path), None, None
+    from .export import export_run  # the export pulls in the ONNX exporter: only runs need it
+
+    run = load_run(path, resolve_device(device))
+    export_run(load_run(path), scratch / "model", licence="evaluation copy",
+               data=read_checkpoint(checkpoint_path(path)).get("data", {}), check=False)
+    return load_model(scratch / "model"), TorchModel(run, resolve_device(device)), run.config.holdout_every
 
 
 def _fmt(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value)
 
 
 def format_table(result: dict) -> str:
-    """The metrics as an aligned text table (the per-dimension KL list is left to the JSON)."""
-    lines = []
-    for section, values in result.items():
-        if not isinstance(values, dict):
-            lines.append(f"{section:<34} {_fmt(values)}")
-            continue
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    lines.append(f"  {key + '.' + sub:<32} {_fmt(v)}")
-            elif key != "kl_per_dim":
-                lines.append(f"  {key:<32} {_fmt(value)}")
+    """The measures and the verdict as aligned text."""
+    lines = [f"model   {result['model']}", f"frames  {result['frames']}",
+             f"judged against {result['evaluated_clips']['count']} clips "
+             f"({result['evaluated_clips']['frames']} frames): {result['evaluated_clips']['which']}"]
+    if "reconstruction" in result:
+        rec, lat = result["reconstruction"], result["latent"]
+        latent = (f"KL {lat['kl_total']:.3g} nats/frame, {lat['active_dims']}/{lat['latent']} dims active"
+                  if "kl_total" in lat else f"{lat['codes_used']}/{lat['codes']} codes, perplexity {lat['perplexity']:.3g}")
+        lines.append(f"held-out next frame: joint error {rec['joint_error_mm']:.1f} mm; {latent}")
+    roll = result["rollouts"]
+    lines.append(f"rollouts: {roll['characters']} x {roll['frames']} frames; judged over the last "
+                 f"{roll['late_frames']} (drift: against the first {roll['early_frames']})")
+    lines.append(f"{'measure':<26}{'model':>10}{'data':>10}")
+    fd = result["frechet"]
+    lines.append(f"{'frechet first / last':<26}{_fmt(fd['first']):>10}{_fmt(fd['last']):>10}   (model, model)")
+    gm, gd = result["gait"]["model"], result["gait"]["data"]
+    for key in gm:
+        lines.append(f"{key:<26}{_fmt(gm[key]):>10}{_fmt(gd[key]):>10}")
+    lines.append(f"{'frozen windows':<26}{_fmt(result['freezing']['model']):>10}{_fmt(result['freezing']['data']):>10}")
+    if "feet" in result:
+        feet = result["feet"]
+        for label, a, b in (("skating m/s (FK)", "skating_mps", "data_skating_mps"),
+                            ("planted share", "planted_share", "data_planted_share"),
+                            ("foot under floor", "under_floor", "data_under_floor")):
+            lines.append(f"{label:<26}{_fmt(feet[a]):>10}{_fmt(feet[b]):>10}")
+    fk = result["fk_error_mm"]
+    lines.append(f"{'FK vs positions mm':<26}mean {fk['mean']:.2f}, p99 {fk['p99']:.2f}, max {fk['max']:.1f}")
+    lines.append("checks:")
+    for name, c in result["checks"].items():
+        lines.append(f"  {name:<24}{_fmt(c['value']):>10}  {c['bound']:<32}{'ok' if c['ok'] else 'FAIL'}")
+    lines.append(f"verdict: {result['verdict']}")
     return "\n".join(lines)
 
 
 EXAMPLES = """examples:
   python -m trainer.evaluate runs/walk frames.npz
-  python -m trainer.evaluate runs/walk/checkpoint.pt frames.npz --rollouts 64 --frames 10000 --json eval.json
-  python -m trainer.evaluate runs/walk frames.npz --frames 2000 --strict   # exit 1 when a flag is raised
-  python -m trainer.evaluate runs/walk frames.npz --device cuda --rollouts 256
+  python -m trainer.evaluate models/walk frames.npz --rollouts 64 --frames 3000 --json eval.json
+  python -m trainer.evaluate runs/walk frames.npz --strict          # exit 1 when the verdict is fail
 """
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0],
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a training run (folder or checkpoint.pt) or an exported model directory")
+    parser.add_argument("frames", help="frames.npz with the model's skeleton and layout (its held-out clips are "
+                                       "the reference)")
+    parser.add_argument("--rollouts", type=int, default=DEFAULT_ROLLOUTS,
+                        help="characters rolled out together (default %(default)s)")
+    parser.add_argument("--frames", dest="length", type=int, default=DEFAULT_FRAMES,
+                        help="frames per rollout (default %(default)s)")
+    parser.add_argument("--holdout-every", type=int,
+                        help=f"judge against every k-th source clip and its mirror (default: the run's, else "
+                             f"{DEFAULT_HOLDOUT_EVERY})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the start frames and latents (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device for reconstruction: cpu, cuda, auto "
+                                                        "(default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--json", help="where to write the JSON (default: eval.json in the run folder, or "
+                                       "beside nothing for a model directory: printed only)")
+    parser.add_argument("--strict", action="store_true", help="exit with code 1 when the verdict is fail")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input gives one line on stderr and exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0],
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="run folder or checkpoint file")
-    parser.add_argument("frames", help="frames.npz with the model's skeleton and layout")
-    parser.add_argument("--rollouts", type=int, default=32, help="parallel random-latent rollouts (default 32)")
-    parser.add_argument("--frames", dest="length", type=int, default=10_000, help="frames per rollout (default 10000)")
-    parser.add_argument("--holdout-every", type=int,
-                        help=f"held-out clips for reconstruction (default: the run's, else {DEFAULT_HOLDOUT_EVERY})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--json", help="where to write the JSON (default: eval.json beside the checkpoint)")
-    parser.add_argument("--strict", action="store_true", help="exit with code 1 when any flag is raised")
-    args = parser.parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
-        if args.rollouts < 1 or args.length < 1 or args.threads < 0:
-            raise FramesError("--rollouts and --frames must be at least 1, --threads not negative")
+        if args.rollouts < 1 or args.length < 2 or args.threads < 0 or args.seed < 0:
+            raise FramesError("--rollouts must be at least 1, --frames at least 2, --threads and --seed not negative")
+        if args.json:
+            check_output_file(args.json, (".json",))
+        check_memory(ROLLOUT_FRAME_BYTES * args.rollouts * args.length,
+                     f"--rollouts {args.rollouts} x --frames {args.length}")
         if args.threads:
             torch.set_num_threads(args.threads)
-        model = open_model(args.model, args.device)
         frames = load_frames(args.frames)
-        every = args.holdout_every
-        if every is None:
-            every = model.run.config.holdout_every or DEFAULT_HOLDOUT_EVERY
-        result = evaluate(model, frames, every, args.rollouts, args.length, args.seed)
-    except (FramesError, CheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.json) if args.json else checkpoint_path(args.model).parent / "eval.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        with tempfile.TemporaryDirectory(prefix="mvae-eval-") as scratch:
+            model, run, trained_every = open_model(args.model, args.device, Path(scratch))
+            every = args.holdout_every if args.holdout_every is not None else (trained_every or DEFAULT_HOLDOUT_EVERY)
+            result = evaluate(model, frames, every, args.rollouts, args.length, args.seed, run, trained_every)
+        out = Path(args.json) if args.json else (checkpoint_path(args.model).parent / "eval.json" if run else None)
+        if out is not None:
+            atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    except (FramesError, CheckpointError, ConfigError, ModelError, UsageError) as exc:
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.json or args.model))
     print(format_table(result))
-    print(f"metrics written to {out}")
-    return 1 if args.strict and not result["stable"] else 0
+    if out is not None:
+        print(f"metrics written to {out}")
+    return 1 if args.strict and result["verdict"] != "pass" else 0
 
 
 if __name__ == "__main__":

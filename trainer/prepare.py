@@ -19,19 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from runtime.atomic import atomic_path
+from runtime.atomic import atomic_path, atomic_paths
 from runtime.bvh import UNITS, MocapError, read_bvh
+from runtime.cli import UsageError, check_memory, check_output_file, fail, number, parse, require
+from runtime.cli import progress as with_progress
 from runtime.features import FeatureLayout, decode, encode
 from runtime.motion import Motion
+from runtime.preview import FORMATS as PREVIEW_FORMATS
+from runtime.preview import PreviewError, check_output, render
 from runtime.skeleton import Skeleton
 
 MIRROR_SUFFIX = "~mirror"  # a clip's mirrored copy is named NAME~mirror (the trainer's hold-out split pairs them)
+MIN_FPS, MAX_FPS = 1.0, 1000.0  # target frame rates of training data
+SCALE_RANGE = (1e-6, 1e3)  # metres per file unit: a micrometre to a kilometre
+# Bytes per output frame and joint while a clip is converted (float64 rotations, matrices, positions, features).
+WORK_BYTES_PER_JOINT_FRAME = 400
 EXAMPLES = """examples:
   python -m trainer.prepare mocap/ -o frames.npz --mirror
   python -m trainer.prepare a.bvh b.bvh -o frames.npz --fps 30 --scale cm --up y
-  python -m trainer.prepare cmu/ -o frames.npz --joints 31 --preview clip.png
+  python -m trainer.prepare cmu/ -o frames.npz --joints 31 --preview clip.gif
   python -m trainer.prepare cmu/ -o frames.npz --joints Hips,LeftUpLeg,LeftLeg,...   (keep a subset)
 """
 
@@ -61,6 +68,8 @@ def find_bvh_files(inputs: list[str]) -> list[Path]:
             files += found
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise MocapError(f"{p}: expected a BVH file or a folder, found a FIFO, socket or device")
         else:
             raise MocapError(f"{p}: no such file or folder")
     return files
@@ -78,6 +87,12 @@ def load_clip(path: Path, fps: float, scale: float | str, up: str, joints: int |
             motion = motion.subset(joints)
         except ValueError as e:
             raise MocapError(f"{path}: --joints: {e}") from None
+    frames = int(motion.duration * fps) + 2
+    try:
+        check_memory(frames * motion.skeleton.n_joints * WORK_BYTES_PER_JOINT_FRAME,
+                     f"{motion.n_frames} frames at {motion.fps:g} fps resampled to {frames} at --fps {fps:g}")
+    except UsageError as e:
+        raise MocapError(f"{path}: {e}") from None
     return motion.rigid().resample(fps)
 
 
@@ -89,7 +104,7 @@ def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: f
     layout: FeatureLayout | None = None
     chunks, names, starts, ends = [], [], [], []
     total = 0
-    for path in tqdm(files, desc="prepare", unit="clip", disable=not progress):
+    for path in with_progress(files, progress, desc="prepare", unit="clip"):
         motion = load_clip(path, fps, scale, up, joints)
         if skeleton is None:
             skeleton = motion.skeleton
@@ -105,6 +120,9 @@ def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: f
         variants = [(motion, motion.name)] + ([(motion.mirrored(), motion.name + MIRROR_SUFFIX)] if mirror else [])
         for clip, name in variants:
             enc = encode(clip, layout)
+            if not np.isfinite(enc.features).all():
+                raise MocapError(f"{path}: its motion overflows to non-finite features (values too large for "
+                                 "the units; check --scale)")
             chunks.append(enc.features)
             starts.append(enc.start)
             names.append(name)
@@ -127,16 +145,13 @@ def save_frames(path: str | Path, prep: Prepared) -> None:
                  source=np.array(json.dumps(prep.source)))
 
 
-def preview(path: str | Path, prep: Prepared, clip: int = 0) -> None:
-    """Draw one clip of prepared data as stick figures, decoded from its features."""
-    from runtime.preview import draw_strip
-
+def preview(path: str | Path, prep: Prepared, clip: int = 0) -> str:
+    """Render one clip of prepared data in 3-D, decoded from its features; returns what was drawn."""
     first = 0 if clip == 0 else int(prep.end_indices[clip - 1]) + 1
     feats = prep.data[first:int(prep.end_indices[clip]) + 1].astype(np.float64)
-    pose, _, yaw = decode(feats, prep.layout, prep.skeleton, prep.clip_start_root[clip])
-    cj = [prep.layout.joint_names.index(n) for n in prep.layout.contact_joints]
-    draw_strip(path, pose.positions, prep.skeleton.parents, title=prep.clip_names[clip],
-               contacts=pose.contacts, contact_joints=cj, yaw=yaw)
+    pose, _, _ = decode(feats, prep.layout, prep.skeleton, prep.clip_start_root[clip])
+    return render(path, pose.positions, prep.skeleton, prep.layout.fps, pose.contacts, prep.layout.contact_joints,
+                  title=prep.clip_names[clip])
 
 
 def _parse_joints(text: str | None) -> int | list[str] | None:
@@ -154,8 +169,9 @@ def _parse_scale(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or one of auto, {', '.join(UNITS)}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the scale must be positive")
+    if not SCALE_RANGE[0] <= value <= SCALE_RANGE[1]:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected metres per file unit from {SCALE_RANGE[0]:g} to "
+                                         f"{SCALE_RANGE[1]:g}, got {text}")
     return value
 
 
@@ -170,36 +186,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joints", help="expected joint count in each file, or comma-separated joint names to keep")
     p.add_argument("--scale", type=_parse_scale, default="auto",
                    help=f"metres per file unit, or a unit ({', '.join(UNITS)}); default: auto from the body height")
-    p.add_argument("--up", choices=["auto", "y", "z"], default="auto", help="the files' up axis (default auto)")
+    p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
+                   help="the files' up axis: %(choices)s; auto tells it from the body's shape (default %(default)s)")
     p.add_argument("--no-contacts", action="store_true", help="leave out the foot-contact block")
-    p.add_argument("--preview", metavar="PNG", help="also draw the first clip as stick figures")
+    p.add_argument("--preview", metavar="FILE", help="also render the first clip in 3-D, as decoded from its "
+                   "features: .gif, .mp4 (needs ffmpeg) or .png (its last frame)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit code 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    """Entry point: exit code 0 on success, 2 on bad input (one line on stderr, nothing written)."""
+    args = parse(build_parser(), argv)
     out = Path(args.output)
     try:
-        if not out.parent.exists():
-            raise MocapError(f"{out}: the output folder {out.parent} does not exist")
-        if not args.fps > 0:
-            raise MocapError(f"--fps must be positive, got {args.fps}")
+        check_output_file(out)
+        number(args.fps, "--fps", MIN_FPS, MAX_FPS)
+        if args.preview:
+            require("matplotlib", "--preview")
+            check_output_file(args.preview, PREVIEW_FORMATS, "--preview")
+            check_output(args.preview)  # and ffmpeg for .mp4
+            if Path(args.preview).resolve() == out.resolve():
+                raise UsageError(f"{args.preview}: --preview must not overwrite the output")
         files = find_bvh_files(args.inputs)
         prep = prepare(files, args.fps, args.mirror, args.scale, args.up, _parse_joints(args.joints),
                        not args.no_contacts, progress=not args.quiet)
-    except MocapError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save_frames(out, prep)
-    if args.preview:
-        preview(args.preview, prep)
+        # Both files under temporary names, renamed only when both are written.
+        with atomic_paths([out] + ([Path(args.preview)] if args.preview else [])) as tmps:
+            save_frames(tmps[0], prep)
+            if args.preview:  # its line names the temporary file: say the real one
+                note = preview(tmps[1], prep).replace(str(tmps[1]), args.preview)
+    except (MocapError, UsageError, PreviewError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(f"{e.filename or out}: cannot write ({e.strerror or e})")
     s, lay = prep.source, prep.layout
     print(f"{s['clips']} clips ({len(files)} files{', mirrored' if args.mirror else ''}), {s['frames']} frames, "
           f"{s['minutes']:.2f} min at {args.fps:g} fps | skeleton: {prep.skeleton.n_joints} joints, root "
           f"{prep.skeleton.names[0]}, contacts {', '.join(lay.contact_joints) or 'none'} | "
           f"{lay.size} features/frame -> {out}")
+    if args.preview:
+        print(note)
     return 0
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bvh import write_bvh
+from runtime.cli import UsageError, check_memory, fail, parse
+from runtime.cli import progress as with_progress
 from runtime.motion import Motion
 from runtime.rotations import axis_matrix, matrix_to_quat, quat_continuous, quat_to_matrix
 from runtime.skeleton import Skeleton
@@ -38,6 +40,7 @@ __all__ = ["Segment", "Style", "procedural_skeleton", "random_plan", "generate_c
 # The skeleton: metres, Y up, facing +Z, the character's left is +X. Rest pose: a T-pose standing on the
 # ground with the hips at 0.95 m (the root's OFFSET is its rest position, as Mixamo files have it).
 
+CLIP_BYTES_PER_FRAME = 64 << 10  # one clip is built whole: rotations, matrices, positions, gait state (generous)
 _HIP_Y = 0.95
 _UPLEG = (0.09, -0.04, 0.0)
 _THIGH = 0.43
@@ -592,14 +595,12 @@ def generate_dataset(out_dir: str | Path, n_clips: int, seconds: float, seed: in
 def _write_dataset(out_dir: str | Path, n_clips: int, seconds: float, seed: int, fps: float,
                    progress: bool) -> tuple[list[Path], np.ndarray]:
     """generate_dataset, also returning the root speed of every frame written."""
-    from tqdm import tqdm
-
     if n_clips < 1:
         raise ValueError(f"n_clips must be at least 1, got {n_clips}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, speeds = [], []
-    for i in tqdm(range(n_clips), desc="procedural clips", unit="clip", disable=not progress):
+    for i in with_progress(range(n_clips), progress, desc="procedural clips", unit="clip"):
         name = f"procedural_{seed}_{i:04d}"
         motion = generate_clip(clip_seed(seed, i), seconds, fps, name=name)
         path = out / f"{name}.bvh"
@@ -624,8 +625,8 @@ _EXAMPLES = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line: write a procedural BVH dataset and print a one-line summary."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="python -m trainer.procedural",
         description="Write synthetic, licence-free locomotion clips (walk, jog, run, turns, starts and "
@@ -634,10 +635,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="folder to write the .bvh files into (created if needed)")
     parser.add_argument("--clips", type=int, default=20, help="number of clips (default 20)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each clip in seconds (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="dataset seed; the same seed writes the same files (default %(default)s)")
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: write a procedural BVH dataset and print a one-line summary."""
+    parser = build_parser()
+    args = parse(parser, argv)
     if args.clips < 1:
         parser.exit(2, f"error: --clips must be at least 1, got {args.clips}\n")
     if args.seed < 0:
@@ -646,6 +654,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --seconds must be positive, got {args.seconds}\n")
     if not (0 < args.fps <= 1000):
         parser.exit(2, f"error: --fps must be in (0, 1000], got {args.fps}\n")
+    try:
+        check_memory(args.seconds * args.fps * CLIP_BYTES_PER_FRAME,
+                     f"--seconds {args.seconds:g} at --fps {args.fps:g}")
+    except UsageError as e:
+        return fail(e)
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         parser.exit(2, f"error: {out} exists and is not a folder\n")

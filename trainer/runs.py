@@ -1,13 +1,15 @@
-"""What every training run shares: device choice, seeds and RNG state, the crash-test hook, log.csv and
-loss curves (the Motion VAE trainer and the tokenizer trainer both use them)."""
+"""What every training run shares: device choice, seeds and RNG state, the crash-test hook, log.csv, loss
+curves, the closing summary and the settings' command-line shortcuts (the Motion VAE trainer and the tokenizer
+trainer both use them)."""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -89,3 +91,28 @@ def plot_loss_curves(ax: Axes, x: list, history: list[dict], keys: tuple[str, ..
     ax.set_yscale("log")
     ax.set_ylabel("loss (normalised units)")
     ax.grid(alpha=0.3)
+
+
+def run_summary(out: Path, history: list[dict], keys: tuple[str, ...]) -> str:
+    """One line for the end of a run: steps and training time, the last logged values of keys, where the run is."""
+    if not history:
+        return f"nothing trained; run in {out}"
+    last = history[-1]
+    minutes, seconds = divmod(round(sum(row["seconds"] for row in history)), 60)
+    values = ", ".join(f"{key} {last[key]:.4g}" for key in keys if key in last)
+    return (f"trained {last['step']:,} steps in {minutes} min {seconds} s; last logged {values}; "
+            f"run in {out} (checkpoint.pt, log.csv, losses.png)")
+
+
+def add_shortcuts(group: argparse._ArgumentGroup, defaults: Any, shortcuts: dict[str, str],
+                  choices: dict[str, tuple[str, ...]]) -> None:
+    """Add a --key option for each config setting in shortcuts (key: what it does), its help with choices and default.
+
+    The choices are listed, not enforced here: the config's validate() rejects a bad value in one line.
+    """
+    for key, text in shortcuts.items():
+        default = getattr(defaults, key)
+        allowed = choices.get(key)
+        listed = f"one of {', '.join(allowed)}; " if allowed else ""
+        group.add_argument("--" + key.replace("_", "-"), dest=key, type=type(default),
+                           metavar="|".join(allowed) if allowed else None, help=f"{text} ({listed}default {default})")

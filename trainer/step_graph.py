@@ -2,7 +2,10 @@
 
 Putting the pose decoding inside the ONNX graph makes one onnxruntime call per step do all the work, with
 no Python-level array math in the runtime's hot path (and everything stays on the GPU under CUDA).
-It computes exactly what runtime.features.frame_to_pose and advance_root compute, which the tests check.
+It computes what runtime.features.frame_to_pose and advance_root compute, which the tests check, except
+that each joint's predicted orientation is turned so that its bones point at the predicted positions of
+its children (see aligned_rows): engines show the rotations, and this way the rotations land the joints
+where the model predicted them instead of where two separately predicted heads happen to disagree.
 
 Inputs:  z (B, latent), condition (B, n_cond*F) normalised, origin (B, 3), yaw (B, 1),
          previous_rotations (B, J, 4)  (the last step's output, for quaternion hemisphere continuity)
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from runtime.features import FeatureLayout
+from runtime.bone_alignment import bone_targets
 from runtime.rotations import QUAT_CANDIDATES
 from runtime.skeleton import Skeleton
 
@@ -74,6 +78,35 @@ class StepGraph(nn.Module):
         self.register_buffer("phase", torch.tensor([0.0, np.pi / 2], dtype=f32))
         self.register_buffer("turn_sc", torch.as_tensor(np.stack([k.ravel(), -(k @ k).ravel()]), dtype=f32))
         self.register_buffer("turn_one", torch.as_tensor((np.eye(3) + k @ k).ravel(), dtype=f32))
+        targets = bone_targets(skeleton)
+        for name in ("primary", "second_a", "second_b"):
+            self.register_buffer(name, torch.as_tensor(targets[name], dtype=torch.long))
+        for name in ("leaf", "own_axis"):
+            self.register_buffer(name, torch.as_tensor(targets[name][:, None], dtype=f32))
+        for name in ("rest_primary", "rest_second"):
+            self.register_buffer(name, torch.as_tensor(targets[name][:, None, :], dtype=f32))
+
+    def _frame_rows(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Orthonormal frames (B, J, 3, 3), as rows, from a primary and a secondary direction (B, J, 3)."""
+        u1 = _unit(first)
+        u2 = _unit(second - (u1 * second).sum(dim=-1, keepdim=True) * u1)
+        u3 = (u1.unsqueeze(-1) * u2.unsqueeze(-2)).view(-1, self.joints, 9) @ self.cross
+        return torch.stack([u1, u2, u3], dim=-2)
+
+    def aligned_rows(self, rows: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Orientations (as transposed matrices, B, J, 3, 3) turned so their bones point at the positions p.
+
+        Each joint's rotation M becomes D M, where D takes the rest bone vectors as M carries them onto the
+        predicted ones (primary bone exactly, the secondary vector as near as the primary allows).
+        """
+        have_primary = (self.rest_primary @ rows).squeeze(-2)   # M @ rest, with rows = M^T
+        have_second = (self.rest_second @ rows).squeeze(-2)
+        want_primary = self.leaf * have_primary + (1 - self.leaf) * (p[:, self.primary] - p)
+        want_second = (self.own_axis * have_second
+                       + (1 - self.own_axis) * (p[:, self.second_a] - p[:, self.second_b]))
+        # rows' = (D M)^T = rows @ Fa @ Fb^T, with Fa = have^T and Fb = want^T as row frames.
+        return rows @ self._frame_rows(have_primary, have_second).transpose(-1, -2) @ self._frame_rows(
+            want_primary, want_second)
 
     def _turn(self, yaw: torch.Tensor) -> torch.Tensor:
         """(B, 3, 3) rotations about +Y by yaw (B, 1)."""
@@ -103,6 +136,7 @@ class StepGraph(nn.Module):
         c1 = _unit(b - (c0 * b).sum(dim=-1, keepdim=True) * c0)
         c2 = (c0.unsqueeze(-1) * c1.unsqueeze(-2)).view(-1, self.joints, 9) @ self.cross
         rows = torch.cat([c0, c1, c2], dim=-1).view(-1, self.joints, 3, 3)  # rows = columns of M
+        rows = self.aligned_rows(rows, p)
         # Transposed frames; the root's parent is the yaw, so its local rotation comes out in world space.
         frames = torch.cat([turn.unsqueeze(1), rows], dim=1)  # (B, 1+J, 3, 3)
         local = frames[:, self.parents] @ rows.transpose(-1, -2)  # parent^T @ M

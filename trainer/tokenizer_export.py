@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from runtime.atomic import atomic_path, atomic_write_text, folder_lock
+from runtime.cli import UsageError, fail, parse, write_error
 from runtime.features import FeatureLayout
 from runtime.model import SCHEMA_VERSION, ModelError, read_meta, sha256_file
 from runtime.skeleton import Skeleton
@@ -32,7 +33,7 @@ from runtime.tokenizer import DECODER_FILE, ENCODER_FILE
 
 from .checkpoint import CheckpointError
 from .models import MotionTokenizer
-from .staging import staged_dir
+from .staging import check_model_out, staged_dir
 from .train_tokenizer import TokenizerRun, load_tokenizer_run
 
 OPSET = 17
@@ -211,18 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (or its checkpoint.pt) written by trainer.train_tokenizer")
     p.add_argument("--out", required=True, help="a model directory to add the tokenizer to, or a new folder")
     p.add_argument("--name", help="model name of a new directory (default: the folder name)")
-    p.add_argument("--licence", default="unspecified", help="licence note of the training data")
+    p.add_argument("--licence", default="unspecified",
+                   help="licence note of the training data, kept in model.json (default %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
+        check_model_out(Path(args.out), args.name)
         check = export_tokenizer(args.run, args.out, args.name, args.licence)
-    except (CheckpointError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ModelError, UsageError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(write_error(e, args.out))
     print(f"exported {args.run} -> {args.out}: {ENCODER_FILE}, {DECODER_FILE}; onnxruntime vs torch: identical "
           f"codes, frames within {check['max_frame_difference']:.1e} over clips of "
           f"{min(check['lengths'])}-{max(check['lengths'])} frames")

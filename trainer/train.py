@@ -17,20 +17,22 @@ from torch import nn
 from tqdm import tqdm
 
 from runtime.atomic import atomic_write_text
+from runtime.cli import fail, parse, write_error
 from runtime.preview import save_figure
 
 from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, CheckpointError, read_checkpoint, remove_stale_temporaries,
                          save_checkpoint, settled_config)
-from .config import ConfigError, TrainConfig, from_dict, load_config, parse_override, to_toml
+from .config import CHOICES, ConfigError, TrainConfig, from_dict, load_config, parse_override, to_toml
 from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, load_frames, rollout_window,
                    training_clips)
 from .models import KLSchedule, ModelSpec, MotionVAE, kl_divergence, reconstruction_loss
-from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
-                   write_history_csv)
+from .models.pose_losses import PoseLosses
+from .runs import (ABORT_ENV, add_shortcuts, plot_loss_curves, resolve_device, rng_state, run_summary,
+                   seed_everything, set_rng_state, write_history_csv)
 
 RESUMABLE_CHANGES = ("device", "threads")  # settings a resumed run may change without altering results
 START_FRAMES = 16                           # condition windows kept in the checkpoint for export/runtime
-LOSS_KEYS = ("loss", "recon", "kl", "kl_weighted", "commit", "perplexity")
+LOSS_KEYS = ("loss", "recon", "kl", "kl_weighted", "commit", "perplexity", "fk", "foot")
 
 
 def phase(epoch: int, config: TrainConfig) -> str:
@@ -87,9 +89,24 @@ class RolloutTrainer:
     """One mini-batch of rollouts: an optimiser step per rollout step, no backprop across steps."""
 
     def __init__(self, model: nn.Module, optimiser: torch.optim.Optimizer, spec: ModelSpec,
-                 kl: KLSchedule, weights: torch.Tensor, commit_weight: float):
+                 kl: KLSchedule, weights: torch.Tensor, config: TrainConfig, pose: PoseLosses | None = None):
         self.model, self.optimiser, self.spec = model, optimiser, spec
-        self.kl, self.weights, self.commit_weight = kl, weights, commit_weight
+        self.kl, self.weights, self.config, self.pose = kl, weights, config, pose
+
+    def _pose_terms(self, terms: dict, prediction: torch.Tensor, seen: torch.Tensor, window: torch.Tensor,
+                    k: int) -> torch.Tensor:
+        """Add the pose losses of the first predicted frame to terms; return their weighted sum."""
+        pose, config, n_cond = self.pose, self.config, self.spec.n_cond
+        raw = pose.raw(prediction[:, 0])
+        extra = prediction.new_zeros(())
+        if config.fk_weight > 0:
+            terms["fk"] = pose.rotation_gap(raw)
+            extra = extra + config.fk_weight * terms["fk"]
+        if config.foot_weight > 0:
+            terms["foot"] = pose.foot_slide(pose.raw(seen), raw, pose.raw(window[:, n_cond + k - 1]),
+                                            pose.raw(window[:, n_cond + k]))
+            extra = extra + config.foot_weight * terms["foot"]
+        return extra
 
     def run(self, window: torch.Tensor, student: torch.Tensor, step: int) -> dict[str, float]:
         """Train on windows (B, n_cond+rollout+n_future-1, F); student[k] feeds back step k's output.
@@ -103,17 +120,23 @@ class RolloutTrainer:
         steps = len(student)
         for k in range(steps):
             target = window[:, n_cond + k: n_cond + k + n_future]
-            out = self.model(target.flatten(1), condition.flatten(1))
+            seen = condition
+            if self.config.condition_noise > 0:
+                # The decoder must bring a slightly-off pose back towards the data, as it must at run time.
+                seen = condition + self.config.condition_noise * torch.randn_like(condition)
+            out = self.model(target.flatten(1), seen.flatten(1))
             prediction = out["prediction"].view_as(target)
             terms = {"recon": reconstruction_loss(prediction, target, weights)}
             if "mu" in out:
-                terms["kl"] = kl_divergence(out["mu"], out["logvar"])
+                terms["kl"] = kl_divergence(out["mu"], out["logvar"], out.get("prior_mu"), out.get("prior_logvar"))
                 terms["kl_weighted"] = self.kl.loss(terms["kl"], self.spec.latent, step + k)
                 loss = terms["recon"] + terms["kl_weighted"]
             else:
                 terms["commit"] = out["commit"]
                 terms["perplexity"] = out["perplexity"]
-                loss = terms["recon"] + self.commit_weight * out["commit"]
+                loss = terms["recon"] + self.config.commit_weight * out["commit"]
+            if self.pose is not None:
+                loss = loss + self._pose_terms(terms, prediction, condition[:, -1], window, k)
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.optimiser.step()
@@ -270,6 +293,7 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
         raise FramesError(f"{frames.path}: holding out every {config.holdout_every} clip(s) leaves none to train on")
     sampler = RolloutSampler(frames, clips, rollout_window(config.n_cond, config.rollout, config.n_future),
                              config.batch_size, world.rank, world.world)
+    sampler.balance_speed(frames, config.balance_speed)
     normaliser = (Normaliser.from_state(state["normaliser"]) if state else
                   Normaliser.fit(frames.data[clip_rows(frames, clips)], config.normalisation))
     data = torch.from_numpy(normaliser.normalise(frames.data)).to(device)
@@ -305,8 +329,12 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
             atomic_write_text(out / "config.toml", to_toml(config))
     batches = config.batches_per_epoch or len(sampler)
     log = RunLog(out, config.epochs * batches, epoch0 * batches, step, world.main, progress)
-    trainer = RolloutTrainer(net, optimiser, spec, kl_schedule(config), future_weights(config),
-                             config.commit_weight)
+    if config.foot_weight > 0 and not layout.has("contacts"):
+        raise ConfigError(f"foot_weight = {config.foot_weight}: {frames.path} has no foot contacts to plant "
+                          "(prepare it with contacts, or set foot_weight = 0)")
+    pose = (PoseLosses(layout, frames.skeleton, normaliser.shift, normaliser.scale, device)
+            if config.fk_weight > 0 or config.foot_weight > 0 else None)
+    trainer = RolloutTrainer(net, optimiser, spec, kl_schedule(config), future_weights(config), config, pose)
     abort_after = int(os.environ.get(ABORT_ENV, "0"))
     steps_here = 0
     for epoch in range(epoch0, config.epochs):
@@ -378,14 +406,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override any config key (value in TOML syntax); repeatable")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    options = parser.add_argument_group("common settings (shortcuts for --set)")
-    options.add_argument("--epochs", type=int, help="total epochs, split 20:20:100 over teacher/ramping/student")
-    for key, kind in (("teacher_epochs", int), ("ramp_epochs", int), ("student_epochs", int),
-                      ("batches_per_epoch", int), ("batch_size", int), ("rollout", int), ("lr", float),
-                      ("seed", int), ("device", str), ("threads", int), ("decoder", str),
-                      ("normalisation", str), ("holdout_every", int), ("kl_mode", str), ("n_cond", int),
-                      ("n_future", int)):
-        options.add_argument("--" + key.replace("_", "-"), dest=key, type=kind)
+    options = parser.add_argument_group("common settings (shortcuts for --set)",
+                                        "Defaults are trainer.config.TrainConfig's; a resumed run keeps its own.")
+    options.add_argument("--epochs", type=int, help="total epochs, split 20:20:100 over teacher/ramping/student "
+                         f"(default {TrainConfig().epochs})")
+    add_shortcuts(options, TrainConfig(), {
+        "teacher_epochs": "epochs of teacher forcing: every step is fed the data's frame",
+        "ramp_epochs": "epochs whose chance of feeding a step the model's own output rises from 0 to 1",
+        "student_epochs": "epochs feeding every step the model's own output",
+        "batches_per_epoch": "mini-batches per epoch; 0: one pass over a shuffle of every valid rollout start",
+        "batch_size": "rollouts per mini-batch",
+        "rollout": "steps per rollout, an optimiser step each",
+        "lr": "Adam learning rate of the first epoch, decaying linearly to lr_end by the last",
+        "seed": "random seed of the weights, batches and sampling",
+        "device": "torch device: cpu, cuda or cuda:N",
+        "threads": "torch intra-op threads; 0: torch's default",
+        "decoder": "mixture: the paper's mixture of experts; single: one network",
+        "normalisation": "per-feature scaling of the frames",
+        "holdout_every": "hold out every k-th clip (with its mirror) for evaluation; 0: train on every clip",
+        "kl_mode": "beta: kl_beta * KL; capacity: kl_gamma * |KL - C|, C rising to kl_capacity",
+        "n_cond": "condition frames the decoder sees",
+        "n_future": "future frames predicted at each step",
+    }, CHOICES)
     return parser
 
 
@@ -402,16 +444,17 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input gives one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         base = from_dict(read_checkpoint(Path(args.out) / CHECKPOINT_NAME)["config"]) if args.resume else TrainConfig()
         config = config_from_args(args, base)
         out = train(config, args.frames, args.out, resume=args.resume, progress=not args.no_progress)
     except (FramesError, ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.out))
     if "RANK" not in os.environ or os.environ["RANK"] == "0":
-        print(f"run written to {out}")
+        print(run_summary(out, read_checkpoint(out / CHECKPOINT_NAME)["history"], ("loss", "recon", "kl", "commit")))
     return 0
 
 

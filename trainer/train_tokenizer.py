@@ -23,23 +23,25 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from runtime.atomic import atomic_write_text
+from runtime.cli import fail, parse, write_error
 from runtime.features import FeatureLayout
 from runtime.preview import save_figure
 from runtime.skeleton import Skeleton
 
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, read_checkpoint, remove_stale_temporaries,
                          save_checkpoint, settled_config)
-from .config import ConfigError, flatten_sections, parse_override, read_toml
+from .config import CHOICES, ConfigError, flatten_sections, parse_override, read_toml
 from .data import (Frames, FramesError, Normaliser, RolloutSampler, clip_rows, heldout_clips, load_frames,
                    parse_layout, parse_skeleton, training_clips)
 from .models import MotionTokenizer, TokenizerSpec
 from .models.tokenizer import QUANTIZERS
-from .runs import (ABORT_ENV, plot_loss_curves, resolve_device, rng_state, seed_everything, set_rng_state,
-                   write_history_csv)
+from .runs import (ABORT_ENV, add_shortcuts, plot_loss_curves, resolve_device, rng_state, run_summary,
+                   seed_everything, set_rng_state, write_history_csv)
 
 FORMAT = "motion-tokenizer-checkpoint"
 VERSION = 1
 RESUMABLE_CHANGES = ("device", "threads", "steps")  # settings a resumed run may change without altering results
+TOKENIZER_CHOICES = {"quantizer": QUANTIZERS, "normalisation": CHOICES["normalisation"]}
 
 
 @dataclass
@@ -82,7 +84,7 @@ class TokenizerConfig:
 
     def validate(self) -> "TokenizerConfig":
         """Check values; raise ConfigError naming the first bad one."""
-        for key, allowed in (("quantizer", QUANTIZERS), ("normalisation", ("zscore", "minmax", "none"))):
+        for key, allowed in TOKENIZER_CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         for key in ("width", "codes", "code_dim", "levels", "window", "batch_size", "steps", "log_every"):
@@ -391,10 +393,25 @@ EXAMPLES = """examples:
 Config files are TOML with the keys of trainer.train_tokenizer.TokenizerConfig, flat or under [model],
 [data], [train] and [loss]. Precedence: defaults < --config < --set < the options below.
 """
-SHORTCUTS = (("width", int), ("codes", int), ("code_dim", int), ("levels", int), ("quantizer", str),
-             ("window", int), ("batch_size", int), ("steps", int), ("lr", float), ("warmup_steps", int),
-             ("log_every", int), ("holdout_every", int), ("normalisation", str), ("seed", int), ("device", str),
-             ("threads", int))
+SHORTCUTS = {
+    "width": "channels of the encoder's and decoder's convolutions",
+    "codes": "codebook size",
+    "code_dim": "length of each code vector",
+    "levels": "x2 downsamplings: a token stands for 2**levels frames",
+    "quantizer": "ema_reset: T2M-GPT's moving-average codebook with dead-code resets; straight_through: a "
+                 "codebook learned by gradient",
+    "window": "frames per training window",
+    "batch_size": "windows per mini-batch",
+    "steps": "optimiser steps in all; a resumed run may raise it",
+    "lr": "AdamW learning rate after the warm-up",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "log_every": "steps between log rows and checkpoints",
+    "holdout_every": "hold out every k-th clip (with its mirror) for evaluation; 0: train on every clip",
+    "normalisation": "per-feature scaling of the frames",
+    "seed": "random seed of the weights and batches",
+    "device": "torch device: cpu, cuda or cuda:N",
+    "threads": "torch intra-op threads; 0: torch's default",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,9 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override any config key (value in TOML syntax); repeatable")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    options = parser.add_argument_group("common settings (shortcuts for --set)")
-    for key, kind in SHORTCUTS:
-        options.add_argument("--" + key.replace("_", "-"), dest=key, type=kind)
+    options = parser.add_argument_group("common settings (shortcuts for --set)",
+                                        "Defaults are TokenizerConfig's (the T2M-GPT recipe); a resumed run keeps "
+                                        "its own.")
+    add_shortcuts(options, TokenizerConfig(), SHORTCUTS, TOKENIZER_CHOICES)
     return parser
 
 
@@ -419,22 +437,23 @@ def config_from_args(args: argparse.Namespace, base: TokenizerConfig) -> Tokeniz
     """Apply --config, then --set and the shortcut options onto base."""
     config = config_from_dict(read_toml(args.config), base) if args.config else base
     overrides = dict(parse_override(text) for text in args.set)
-    overrides.update({key: getattr(args, key) for key, _ in SHORTCUTS if getattr(args, key) is not None})
+    overrides.update({key: getattr(args, key) for key in SHORTCUTS if getattr(args, key) is not None})
     return config_from_dict(overrides, config)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input gives one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         base = (config_from_dict(read_tokenizer_checkpoint(args.out)["config"]) if args.resume
                 else TokenizerConfig())
         config = config_from_args(args, base)
         out = train_tokenizer(config, args.frames, args.out, resume=args.resume, progress=not args.no_progress)
     except (FramesError, ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"run written to {out}")
+        return fail(exc)
+    except OSError as exc:
+        return fail(write_error(exc, args.out))
+    print(run_summary(out, read_tokenizer_checkpoint(out)["history"], ("loss", "recon", "perplexity", "usage")))
     return 0
 
 

@@ -135,6 +135,11 @@ class BridgeLink:
                       "speed": float(np.ravel(control["speed"])[0])}
         elif control["task"] == "target":
             fields = {"task": "target", "target": np.ravel(control["target"])[:2].astype(float).tolist()}
+        elif control["task"] == "path":
+            points = np.asarray(control["path"], np.float64)
+            if len(points) > P.MAX_PATH_POINTS:  # the protocol's limit: the same shape, evenly thinned
+                points = points[np.linspace(0, len(points) - 1, P.MAX_PATH_POINTS).round().astype(int)]
+            fields = {"task": "path", "path": points.tolist(), "closed": bool(control["closed"])}
         else:
             raise AddonError(f"The godot_bridge protocol carries {' and '.join(STREAMED_TASKS)} control, not "
                              f"{control['task']}.")

@@ -12,14 +12,22 @@ def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, weights:
     return (per_frame * weights).sum()
 
 
-def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) of each latent dimension, averaged over the batch: (latent,) nats."""
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(dim=0)
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
+                     prior_logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) of each latent dimension, averaged over the batch: (latent,) nats.
+
+    p is N(0, I), or the diagonal Gaussian N(prior_mu, exp(prior_logvar)) when given.
+    """
+    if prior_mu is None:
+        return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(dim=0)
+    ratio = (logvar - prior_logvar).exp()
+    return (0.5 * (ratio + (mu - prior_mu).pow(2) * (-prior_logvar).exp() - 1 - (logvar - prior_logvar))).mean(dim=0)
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
+                  prior_logvar: torch.Tensor | None = None) -> torch.Tensor:
     """KL averaged over batch and latent dimensions (the reference's mean reduction)."""
-    return kl_per_dimension(mu, logvar).mean()
+    return kl_per_dimension(mu, logvar, prior_mu, prior_logvar).mean()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.cli import UsageError, check_memory, fail, number, parse, write_error
 from runtime.model import ModelError
 
 from ..checkpoint import CheckpointError
@@ -37,25 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m trainer.policy", description=__doc__.split("\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=sorted(TASKS), help="the control task")
+    p.add_argument("task", choices=sorted(TASKS), help="the control task: %(choices)s")
     p.add_argument("--model", required=True, help="model directory (the policy is exported into it)")
     p.add_argument("--run-dir", required=True, help="folder for policy.pt, log.csv and reward.png")
     p.add_argument("--vae-run", help="the model's training run: step its decoder in torch instead of ONNX")
-    p.add_argument("--steps", type=int, help="character frames to train in all (default 2,000,000)")
-    p.add_argument("--envs", type=int, default=PPOConfig.envs, help="characters stepped together")
-    p.add_argument("--horizon", type=int, default=PPOConfig.horizon, help="steps per character per update")
-    p.add_argument("--epochs", type=int, default=PPOConfig.epochs, help="PPO passes over each rollout")
-    p.add_argument("--minibatch", type=int, default=PPOConfig.minibatch, help="samples per PPO step")
-    p.add_argument("--lr", type=float, default=PPOConfig.lr, help="Adam learning rate (decays linearly)")
+    p.add_argument("--steps", type=int, help=f"character frames to train in all (default {RunConfig.steps:,})")
+    p.add_argument("--envs", type=int, default=PPOConfig.envs, help="characters stepped together (default %(default)s)")
+    p.add_argument("--horizon", type=int, default=PPOConfig.horizon,
+                   help="steps per character per update (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=PPOConfig.epochs,
+                   help="PPO passes over each rollout (default %(default)s)")
+    p.add_argument("--minibatch", type=int, default=PPOConfig.minibatch,
+                   help="samples per PPO step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=PPOConfig.lr,
+                   help="Adam learning rate, decaying linearly (default %(default)s)")
     p.add_argument("--action-scale", type=float, default=PPOConfig.action_scale,
-                   help="latent = scale * clamp(action, -1, 1) (default 4)")
-    p.add_argument("--speed-min", type=float, default=TaskConfig.speed_min, help="joystick: slowest command, m/s")
-    p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max, help="joystick: fastest command, m/s")
+                   help="latent = scale * clamp(action, -1, 1) (default %(default)s)")
+    p.add_argument("--speed-min", type=float, default=TaskConfig.speed_min,
+                   help="joystick: slowest command, m/s (default %(default)s)")
+    p.add_argument("--speed-max", type=float, default=TaskConfig.speed_max,
+                   help="joystick: fastest command, m/s (default %(default)s)")
     p.add_argument("--skate-weight", type=float, default=TaskConfig.skate_weight,
                    help="reward penalty per m/s of planted-foot sliding (default %(default)s)")
     p.add_argument("--heading", choices=("linear", "cosine"),
                    default="linear" if TaskConfig.heading_linear else "cosine",
-                   help="joystick heading term: -2|error|/pi or the reference's cos(error) - 1 (default %(default)s)")
+                   help="joystick heading term: linear, -2|error|/pi, or cosine, the reference's cos(error) - 1 "
+                        "(default %(default)s)")
     p.add_argument("--speed-relative-below", type=float, default=TaskConfig.speed_relative_below,
                    help="joystick: speed errors of slower commands count relative to this speed, m/s; 0 gives the "
                         "reference's error in m/s (default %(default)s)")
@@ -75,15 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first updates that train only the critic (default 8 with --init-policy, else 0)")
     p.add_argument("--init-log-std", type=float, default=PPOConfig.init_log_std,
                    help="starting log standard deviation of the actions (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device: cpu, cuda or auto (default %(default)s)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--checkpoint-every", type=float, default=120.0,
+                   help="seconds between checkpoints (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--export-only", action="store_true", help="export the run's checkpoint without training")
     p.add_argument("--no-export", action="store_true", help="train without writing into the model directory")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
+
+
+# Bytes a rollout keeps per character step (observation, latent, log-probability, value, reward ...), generously.
+ROLLOUT_BYTES_PER_STEP = 16 << 10
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every number finite and in range, and the rollout's memory, before a model is loaded."""
+    for name, low, high in (("lr", 0.0, 1.0), ("action_scale", 0.0, 100.0), ("checkpoint_every", 0.0, 1e7)):
+        number(getattr(args, name), f"--{name.replace('_', '-')}", low, high, low_open=True)
+    for name, low, high in (("speed_min", 0.0, 20.0), ("speed_max", 0.0, 20.0), ("skate_weight", 0.0, 1e3),
+                            ("speed_relative_below", 0.0, 20.0), ("half_turns", 0.0, 1.0),
+                            ("path_approach", 0.0, 1e3), ("target_facing", 0.0, 1e3), ("target_hold", 0.0, 1.0),
+                            ("init_log_std", -20.0, 5.0)):
+        number(getattr(args, name), f"--{name.replace('_', '-')}", low, high)
+    for name in ("envs", "horizon", "epochs", "minibatch", "steps", "threads"):
+        if getattr(args, name) is not None:
+            number(getattr(args, name), f"--{name}", 1, integer=True)
+    for name in ("seed", "critic_warmup"):
+        if getattr(args, name) is not None:
+            number(getattr(args, name), f"--{name.replace('_', '-')}", 0, integer=True)
+    check_memory(float(args.envs) * args.horizon * ROLLOUT_BYTES_PER_STEP,
+                 f"--envs {args.envs} x --horizon {args.horizon}")
 
 
 def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
@@ -118,11 +150,12 @@ def _trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(build_parser(), argv)
     run_dir = Path(args.run_dir)
     try:
+        _check_numbers(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         run_dir.mkdir(parents=True, exist_ok=True)
         trainer = _trainer(args, run_dir)
         if not args.export_only:
@@ -136,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             diff = export_policy(trainer.net, args.model, args.task, env.blocks, env.config.runtime(args.task),
                                  record)
             print(f"exported {policy_file(args.task)} into {args.model} (onnxruntime vs torch {diff:.1e})")
-    except (PolicyError, ConfigError, ModelError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (PolicyError, ConfigError, ModelError, CheckpointError, UsageError) as e:
+        return fail(e)
+    except OSError as e:
+        return fail(write_error(e, run_dir))
     print(f"{args.task}: {trainer.frames:,} frames in {trainer.seconds:.0f} s, last mean reward "
           f"{last.get('mean_reward', float('nan')):.3f}; log {run_dir / 'log.csv'}, curve {run_dir / 'reward.png'}")
     return 0

@@ -237,6 +237,14 @@ func send_target(point: Vector3, ids: Array = []) -> int:
 	return send_message("control", _with_ids({"task": "target", "target": [point.x, point.z]}, ids))
 
 
+## Sends characters along a polyline of ground points (their y is ignored); closed loops back to the first.
+func send_path(points: Array, closed: bool = false, ids: Array = []) -> int:
+	var xz := []
+	for p in points:
+		xz.append([p.x, p.z])
+	return send_message("control", _with_ids({"task": "path", "path": xz, "closed": closed}, ids))
+
+
 ## Lets characters walk freely again.
 func release_control(ids: Array = []) -> int:
 	return send_message("control", _with_ids({"task": "none"}, ids))
