@@ -63,6 +63,7 @@ class TrainConfig:
     kl_capacity: float = 10.0         # C_max, nats per frame summed over latent dimensions
     kl_capacity_steps: int = 100_000  # optimiser steps over which C rises linearly from 0 to C_max
     commit_weight: float = 0.25
+    root_weight: float = 1.0          # weight of the root columns (step, turn) in the reconstruction loss
     condition_noise: float = 0.0      # std of Gaussian noise on the condition the decoder sees (normalised units)
     foot_weight: float = 0.0          # planted feet's world steps against the data's (cm^2)
     fk_weight: float = 0.0            # predicted bones against the predicted rotations' rest offsets (cm^2)
@@ -95,7 +96,7 @@ class TrainConfig:
             raise ConfigError("future_weights must be non-negative with a positive sum")
         if not 0.0 < self.vq_decay < 1.0:
             raise ConfigError(f"vq_decay = {self.vq_decay}: must lie in (0, 1)")
-        for key in ("condition_noise", "foot_weight", "fk_weight", "balance_speed"):
+        for key in ("condition_noise", "foot_weight", "fk_weight", "balance_speed", "root_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} = {getattr(self, key)}: must not be negative")
         if self.lr <= 0 or self.lr_end < 0:

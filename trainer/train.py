@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from runtime.atomic import atomic_write_text
+from runtime.features import FeatureLayout
 from runtime.cli import fail, parse, write_error
 from runtime.preview import save_figure
 
@@ -79,6 +80,17 @@ def make_optimiser(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def column_weights(config: TrainConfig, layout: FeatureLayout) -> torch.Tensor | None:
+    """Per-feature weights of the reconstruction loss (None: all alike)."""
+    if config.root_weight == 1.0:
+        return None
+    # The root's step and turn decide where a character goes: they are 3 of hundreds of columns, so an
+    # unweighted loss leaves the latent to spend its capacity on the pose.
+    columns = torch.ones(layout.size)
+    columns[layout.slice("root")] = config.root_weight
+    return columns
+
+
 def future_weights(config: TrainConfig) -> torch.Tensor:
     """Per-future-frame reconstruction weights, summing to one."""
     w = torch.tensor(config.future_weights or [1.0] * config.n_future)
@@ -89,9 +101,11 @@ class RolloutTrainer:
     """One mini-batch of rollouts: an optimiser step per rollout step, no backprop across steps."""
 
     def __init__(self, model: nn.Module, optimiser: torch.optim.Optimizer, spec: ModelSpec,
-                 kl: KLSchedule, weights: torch.Tensor, config: TrainConfig, pose: PoseLosses | None = None):
+                 kl: KLSchedule, weights: torch.Tensor, config: TrainConfig, pose: PoseLosses | None = None,
+                 columns: torch.Tensor | None = None):
         self.model, self.optimiser, self.spec = model, optimiser, spec
         self.kl, self.weights, self.config, self.pose = kl, weights, config, pose
+        self.columns = columns
 
     def _pose_terms(self, terms: dict, prediction: torch.Tensor, seen: torch.Tensor, window: torch.Tensor,
                     k: int) -> torch.Tensor:
@@ -126,7 +140,7 @@ class RolloutTrainer:
                 seen = condition + self.config.condition_noise * torch.randn_like(condition)
             out = self.model(target.flatten(1), seen.flatten(1))
             prediction = out["prediction"].view_as(target)
-            terms = {"recon": reconstruction_loss(prediction, target, weights)}
+            terms = {"recon": reconstruction_loss(prediction, target, weights, self.columns)}
             if "mu" in out:
                 terms["kl"] = kl_divergence(out["mu"], out["logvar"], out.get("prior_mu"), out.get("prior_logvar"))
                 terms["kl_weighted"] = self.kl.loss(terms["kl"], self.spec.latent, step + k)
@@ -334,7 +348,9 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
                           "(prepare it with contacts, or set foot_weight = 0)")
     pose = (PoseLosses(layout, frames.skeleton, normaliser.shift, normaliser.scale, device)
             if config.fk_weight > 0 or config.foot_weight > 0 else None)
-    trainer = RolloutTrainer(net, optimiser, spec, kl_schedule(config), future_weights(config), config, pose)
+    columns = column_weights(config, layout)
+    trainer = RolloutTrainer(net, optimiser, spec, kl_schedule(config), future_weights(config), config, pose,
+                             None if columns is None else columns.to(device))
     abort_after = int(os.environ.get(ABORT_ENV, "0"))
     steps_here = 0
     for epoch in range(epoch0, config.epochs):

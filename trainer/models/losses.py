@@ -6,10 +6,16 @@ from dataclasses import dataclass
 import torch
 
 
-def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_k w_k * MSE of future frame k; prediction/target (B, n_future, F), weights (n_future,)."""
-    per_frame = (prediction - target).pow(2).mean(dim=(0, 2))
-    return (per_frame * weights).sum()
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                        columns: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_k w_k * MSE of future frame k; prediction/target (B, n_future, F), weights (n_future,).
+
+    columns (F,), when given, weighs each feature column's squared error before the mean.
+    """
+    error = (prediction - target).pow(2)
+    if columns is not None:
+        error = error * columns
+    return (error.mean(dim=(0, 2)) * weights).sum()
 
 
 def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
