@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .features import FeatureLayout
+from .footlock import SETTING, STATE_WIDTH, VERSION as FOOT_LOCK_VERSION
 from .skeleton import Skeleton
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decoder.onnx may lock feet (its foot_lock inputs and outputs, model.json's foot_lock)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 REQUIRED = ("schema_version", "name", "fps", "skeleton", "layout", "normalisation", "latent", "condition_frames",
             "start_frames", "files")
@@ -58,6 +59,7 @@ class MotionModel:
     providers: list[str]  # what onnxruntime really uses, in priority order
     bounds: np.ndarray  # (2, F) normalised range beyond which a character counts as diverged
     codebook: np.ndarray | None = None  # (K, latent) for VQ models: latents are codes
+    foot_lock_in_graph: bool = False  # decoder.onnx also locks feet (runtime/footlock.py, trainer/foot_lock_graph.py)
     policies: dict[str, Policy] = field(default_factory=dict)
 
     @property
@@ -189,15 +191,30 @@ def onnx_session(path: Path, providers: str, threads: int, graph: bytes | None =
     return sess, used
 
 
-def _check_io(sess, path: Path, inputs: dict[str, int], outputs: dict[str, int]) -> None:
-    """The graph's inputs and outputs have the names and last-axis sizes model.json implies."""
+def _check_io(sess, path: Path, inputs: dict[str, int | None], outputs: dict[str, int | None]) -> None:
+    """The graph's inputs and outputs have the names and last-axis sizes (None: any) model.json implies."""
     for kind, have, want in (("input", sess.get_inputs(), inputs), ("output", sess.get_outputs(), outputs)):
         got = {i.name: i.shape for i in have}
         for name, size in want.items():
             if name not in got:
                 raise model_error(path, f"has no {kind} {name!r} ({kind}s: {', '.join(got)}); re-export the model")
-            if isinstance(got[name][-1], int) and got[name][-1] != size:
+            if size is not None and isinstance(got[name][-1], int) and got[name][-1] != size:
                 raise model_error(path, f"{kind} {name!r} has {got[name][-1]} columns but model.json implies {size}")
+
+
+def _check_foot_lock(sess, path: Path, meta: dict, layout: FeatureLayout) -> bool:
+    """Whether the decoder locks feet too (models exported before it did not); its foot-lock inputs and outputs
+    checked against this runtime's lock (runtime/footlock.py) when it does."""
+    if "foot_lock_state" not in {i.name for i in sess.get_inputs()}:
+        return False
+    version = (meta.get("foot_lock") or {}).get("version")
+    if version != FOOT_LOCK_VERSION:
+        raise model_error(path, f"its foot lock is version {version} but this runtime's is {FOOT_LOCK_VERSION}; re-export the "
+                                "model with this toolkit (python -m trainer.export)")
+    _check_io(sess, path, {"foot_lock_state": STATE_WIDTH, "foot_lock_enabled": None,
+                           "foot_lock_settings": len(SETTING) + len(layout.contact_joints)},
+              {"shown_rotations": 4, "shown_positions": 3, "next_foot_lock_state": STATE_WIDTH})
+    return True
 
 
 def load_model(path: str | Path | None = None, providers: str = "cpu", threads: int = 1) -> MotionModel:
@@ -239,7 +256,8 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
               {"z": latent, "condition": n_cond * size, "origin": 3, "yaw": 1, "previous_rotations": 4},
               {"next_condition": n_cond * size, "next_origin": 3, "next_yaw": 1, "positions": 3, "rotations": 4,
                "contacts": c, "next_frame": size})
-    model = MotionModel(folder, meta, skeleton, layout, shift, scale, starts, sess, used, bounds, codebook)
+    in_graph = _check_foot_lock(sess, decoder_path, meta, layout)
+    model = MotionModel(folder, meta, skeleton, layout, shift, scale, starts, sess, used, bounds, codebook, in_graph)
     for task, spec in (meta.get("policies") or {}).items():
         file = spec.get("file", f"policy-{task}.onnx")
         psess, _ = onnx_session(checked_file(folder, meta, file), providers, threads)
@@ -396,6 +414,11 @@ def check_meta(meta: dict, meta_path: Path, required: tuple[str, ...] = REQUIRED
             _check_policy(s, task, spec, files, size, latent)
     if meta.get("tokenizer") is not None:
         _check_tokenizer(s, meta["tokenizer"], files, size)
+    if meta.get("foot_lock") is not None:
+        lock = s.mapping(meta["foot_lock"], "foot_lock")
+        s.integer(lock.get("version"), "foot_lock.version", 1, 1 << 20)
+        contacts = len(layout.contact_joints) if layout is not None else None
+        s.array(lock.get("planted_m"), "foot_lock.planted_m", (contacts,), limit=MAX_OFFSET_M)
     bad = _first_non_finite(meta)  # in fields read elsewhere, and in those a newer export adds
     if bad is not None:
         raise model_error(meta_path, f"field {bad[0]!r} must be finite, got {bad[1]}")

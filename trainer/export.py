@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from runtime.cli import UsageError, fail, parse, write_error
+from runtime.footlock import idle_lock_inputs
 from runtime.model import SCHEMA_VERSION, ModelError, load_model, sha256_file
 
 from .checkpoint import CheckpointError, LoadedRun, load_run, read_checkpoint
@@ -23,6 +24,7 @@ from .config import TrainConfig
 from .data import Frames, Normaliser
 from .models import ModelSpec, MotionVAE
 from .staging import check_model_out, staged_dir
+from .foot_lock_graph import LOCK_INPUTS, LOCK_OUTPUTS, LockedStepGraph, foot_lock_meta, planted_heights
 from .step_graph import INPUTS, OUTPUTS, StepGraph
 
 EXAMPLES = """examples:
@@ -37,18 +39,25 @@ BOUND = {"zscore": 40.0, "minmax": 20.0, "none": np.inf}
 OPSET = 17
 
 
-def export_step_onnx(run: LoadedRun, bounds: np.ndarray, path: Path) -> None:
-    """Write the run's runtime step graph (decoder + pose decoding) as ONNX with a dynamic batch axis."""
+def export_step_onnx(run: LoadedRun, bounds: np.ndarray, path: Path) -> tuple[list[str], list[str]]:
+    """Write the run's runtime step graph (decoder + pose decoding + foot lock, when the skeleton has legs) as
+    ONNX with a dynamic batch axis; returns its input and output names."""
     norm = run.normaliser
     graph = StepGraph(run.decoder.cpu().eval(), norm.shift, norm.scale, bounds, run.layout, run.skeleton).eval()
     b, j = 2, run.layout.n_joints
     example = (torch.zeros(b, run.spec.latent), torch.zeros(b, run.spec.cond_size), torch.zeros(b, 3),
                torch.zeros(b, 1), torch.zeros(b, j, 4))
+    inputs, outputs = INPUTS, OUTPUTS
+    locked = LockedStepGraph(graph, run.skeleton, run.layout).eval()
+    if locked.n_legs:
+        graph, inputs, outputs = locked, INPUTS + LOCK_INPUTS, OUTPUTS + LOCK_OUTPUTS
+        example += locked.example_inputs(b, len(run.layout.contact_joints))
+    batched = [name for name in inputs + outputs if name != "foot_lock_settings"]
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for these graphs
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, example, str(path), input_names=INPUTS, output_names=OUTPUTS,
-                          dynamic_axes={name: {0: "batch"} for name in INPUTS + OUTPUTS},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(graph, example, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in batched}, opset_version=OPSET, dynamo=False)
+    return inputs, outputs
 
 
 def _bounds(kind: str, size: int) -> np.ndarray:
@@ -118,7 +127,7 @@ def verify(run: LoadedRun, folder: Path, steps: int = VERIFY_STEPS, seed: int = 
 def _decoder_feed(model, z: np.ndarray, cond: np.ndarray) -> dict[str, np.ndarray]:
     n = len(z)
     return {"z": z, "condition": cond, "origin": np.zeros((n, 3), np.float32), "yaw": np.zeros((n, 1), np.float32),
-            "previous_rotations": np.zeros((n, model.skeleton.n_joints, 4), np.float32)}
+            "previous_rotations": np.zeros((n, model.skeleton.n_joints, 4), np.float32), **idle_lock_inputs(model, n)}
 
 
 def untrained_run(frames: Frames, config: TrainConfig | None = None, seed: int = 0) -> LoadedRun:
@@ -150,10 +159,13 @@ def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence
     out = Path(out)
     with staged_dir(out) as staging:
         meta = model_metadata(run, name or out.name, licence, data)
-        export_step_onnx(run, np.asarray(meta["bounds"], np.float32), staging / "decoder.onnx")
+        inputs, outputs = export_step_onnx(run, np.asarray(meta["bounds"], np.float32), staging / "decoder.onnx")
         meta["files"]["decoder.onnx"] = {"sha256": sha256_file(staging / "decoder.onnx"),
-                                         "graph": "runtime step (trainer/step_graph.py)",
-                                         "inputs": INPUTS, "outputs": OUTPUTS}
+                                         "graph": "runtime step (trainer/step_graph.py, trainer/foot_lock_graph.py)",
+                                         "inputs": inputs, "outputs": outputs}
+        if "foot_lock_state" in inputs:
+            meta["foot_lock"] = foot_lock_meta(run.skeleton, run.layout, planted_heights(
+                run.layout, data.get("path"), run.start_frames))
         (staging / "model.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         diff = verify(run, staging) if check else float("nan")
         if check and not diff < VERIFY_TOLERANCE:

@@ -1,0 +1,78 @@
+"""The step graph with foot locking: runtime.footlock.lock_step exported inside decoder.onnx after the step.
+
+One onnxruntime call then decodes the pose and locks its feet. The lock's state (per character and leg) is an
+input and an output, bound by runtime.controller like origin and yaw; a per-character switch and the settings
+vector are inputs too, so foot locking is turned on and off, and tuned, without re-exporting.
+
+Inputs (after StepGraph's): foot_lock_state (B, L, S), foot_lock_enabled (B,) bool, foot_lock_settings (K,)
+Outputs (after StepGraph's): shown_rotations (B, J, 4), shown_positions (B, J, 3) (their forward kinematics),
+                             next_foot_lock_state (B, L, S)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.contacts import foot_floor
+from runtime.features import FeatureLayout
+from runtime.footlock import SETTING, STATE_WIDTH, VERSION, FootLockRig, contact_heights, find_legs, lock_step
+from runtime.skeleton import Skeleton
+
+from .step_graph import StepGraph
+
+LOCK_INPUTS = ["foot_lock_state", "foot_lock_enabled", "foot_lock_settings"]
+LOCK_OUTPUTS = ["shown_rotations", "shown_positions", "next_foot_lock_state"]
+
+
+class LockedStepGraph(nn.Module):
+    """StepGraph followed by the foot lock of its raw pose; see the module docstring for the extra inputs."""
+
+    def __init__(self, step: StepGraph, skeleton: Skeleton, layout: FeatureLayout) -> None:
+        super().__init__()
+        self.step = step
+        rig = FootLockRig(skeleton, layout)
+        self.n_legs, self._doubling, self._names = rig.n_legs, rig.doubling, list(rig.arrays)
+        for name, value in rig.arrays.items():
+            value = np.asarray(value)
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.long if value.dtype.kind in "iu"
+                                                       else torch.float32))
+
+    def forward(self, z, condition, origin, yaw, previous_rotations, foot_lock_state, foot_lock_enabled,
+                foot_lock_settings):
+        """One step and its foot lock: StepGraph's outputs, then LOCK_OUTPUTS."""
+        out = self.step(z, condition, origin, yaw, previous_rotations)
+        rig = SimpleNamespace(**{name: getattr(self, name) for name in self._names}, **self._doubling)
+        positions, rotations, contacts = out[3], out[4], out[5]
+        shown, shown_positions, state = lock_step(torch, rig, rotations, positions[:, 0], contacts, foot_lock_state,
+                                                  foot_lock_enabled, foot_lock_settings)
+        return (*out, shown, shown_positions, state)
+
+    def example_inputs(self, batch: int, contacts: int) -> tuple[torch.Tensor, ...]:
+        """Lock inputs of a batch at rest, for tracing the export."""
+        return (torch.zeros(batch, self.n_legs, STATE_WIDTH), torch.zeros(batch, dtype=torch.bool),
+                torch.zeros(len(SETTING) + contacts))
+
+
+def planted_heights(layout: FeatureLayout, data_path: str | None, start_frames: np.ndarray) -> np.ndarray:
+    """Each contact joint's planted height (runtime.contacts.foot_floor of its heights) in the training frames at
+    data_path, or the lowest in the start frames when those frames are gone or were made for another layout."""
+    try:
+        with np.load(Path(data_path)) as d:
+            data = d["data"]
+        if data.ndim == 2 and data.shape[1] == layout.size:
+            return foot_floor(contact_heights(data, layout))
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    return contact_heights(start_frames, layout).min(0).astype(np.float64)
+
+
+def foot_lock_meta(skeleton: Skeleton, layout: FeatureLayout, planted: np.ndarray) -> dict:
+    """model.json's foot_lock entry: the lock's version and layout sizes, its legs and the planted heights."""
+    names = skeleton.names
+    return {"version": VERSION, "state_width": STATE_WIDTH, "settings": len(SETTING) + len(planted),
+            "legs": [[names[g.hip], names[g.knee], names[g.ankle], names[g.pin]] for g in find_legs(skeleton, layout)],
+            "planted_m": [round(float(h), 6) for h in planted]}
