@@ -7,7 +7,9 @@ import numpy as np
 
 from .control import ControlState
 from .features import frame_to_pose
-from .footlock import STATE, STATE_WIDTH, FootLockRig, FootLockSettings, lock_step, planted_heights, settings_vector
+from .footlock import (STATE, STATE_WIDTH, FootLockRig, FootLockSettings, lock_step, planted_heights, raw_kinematics,
+                       settings_vector)
+from .posefk import PoseKinematics
 from .model import MotionModel
 
 CHARACTER_SPACING_M = 2.0  # characters start side by side along +X, this far apart
@@ -125,10 +127,11 @@ class Controller:
         self.foot_lock: FootLock | None = None
         if rig is not None:
             settings = foot_lock if isinstance(foot_lock, FootLockSettings) else FootLockSettings()
-            vector = settings_vector(settings, planted_heights(model.meta, model.layout, model.start_frames), model.fps)
+            vector = settings_vector(settings, rig, planted_heights(model.meta, model.layout, model.start_frames),
+                                     model.fps)
             lock = FootLock(rig, self.n, settings, vector)
             lock.enabled[:] = bool(foot_lock)
-            self._rig = rig.namespace()
+            self._rig, self._kinematics = rig.namespace(), PoseKinematics(model.skeleton)
             self._shown = self._states[0].rotations.copy()  # the shown rotations and their world positions
             self._shown_positions = np.zeros((self.n, j, 3), np.float32)
             lock.state = self._states[0].foot
@@ -214,9 +217,10 @@ class Controller:
 
     def _lock_in_numpy(self, idx: np.ndarray | slice, before: np.ndarray, after: np.ndarray) -> None:
         """The foot lock of characters idx in numpy: shown poses from the latest raw ones, state before -> after."""
-        lock = self._lock
-        shown, positions, state = lock_step(np, self._rig, self.state.rotations[idx], self._positions[idx, 0],
-                                            self._contacts[idx], before[idx], lock.enabled[idx], lock.vector)
+        lock, rotations = self._lock, self.state.rotations[idx]
+        world, positions = raw_kinematics(self._kinematics, self._rig, rotations, self._positions[idx, 0])
+        shown, positions, state = lock_step(np, self._rig, rotations, world, positions, self._contacts[idx], before[idx],
+                                            lock.enabled[idx], lock.vector)
         self._shown[idx], self._shown_positions[idx], after[idx] = shown, positions, state
 
     def _sample_latents(self) -> None:

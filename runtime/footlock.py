@@ -47,10 +47,9 @@ import numpy as np
 
 from .contacts import CONTACT_HEIGHT_M, CONTACT_VERTICAL_MPS
 from .features import FeatureLayout
-from .posefk import Kinematics, forward_kinematics, kinematic_constants, quat_matrices
+from .posefk import PoseKinematics, quat_matrices
 from .skeleton import Skeleton
 
-_DEBUG = None  # DEBUG-REMOVE
 VERSION = 1  # of lock_step's state and settings layout; model.json's foot_lock.version must match it
 RELEASE_SLIP_M = 0.01  # a lock whose foot the reach limit would move further than this is released
 RELEASE_RISE_M = 0.03  # a lock whose held joint the model lifts this far above where it was planted is released
@@ -59,11 +58,11 @@ _TOE_NAMES = ("toe", "ball")
 
 # Per character and leg, the lock's state: named slices of its last axis. All zeros is a leg that holds nothing.
 STATE = {"locked": 0, "disarmed": 1, "left": 2, "weight": 3, "ground": 4, "stride": 5, "held": slice(6, 9),
-         "fade_from": slice(9, 12), "fade_speed": slice(12, 15), "was_pin": slice(15, 18),
-         "was_heading": slice(18, 20), "valid": 20}
+         "fades": slice(9, 15), "was_pin": slice(15, 18), "was_heading": slice(18, 20), "valid": 20}
 STATE_WIDTH = 21
-# held, fade_from and fade_speed: the foot moved by (x, z) metres and turned by an angle about the vertical
-# through the pin, relative to the model's foot. left: the share of a release's fade still to go (1 -> 0).
+# held: the foot moved by (x, z) metres and turned by an angle about the vertical through the pin, relative to the
+# model's foot; fades: where a release started from and its speed, alike. left: the share of a release's fade still
+# to go (1 -> 0). was_pin, was_heading: the model's pin and foot heading (turned -90 degrees) last frame.
 
 
 @dataclass(frozen=True)
@@ -98,10 +97,12 @@ class FootLockSettings:
             raise ValueError("foot lock: planted_m must be finite heights")
 
 
-# The settings as lock_step reads them: one float vector, a graph input, so settings change without re-export.
-_SCALARS = ("contact_on", "contact_off", "per_frame", "blend_frames", "reach", "step_lift", "step_height",
-            "heel_band", "floor_m", "near_m", "slow_m", "slip_m", "rise_m", "straight_m")
-SETTING = {name: k for k, name in enumerate(_SCALARS)}  # then one planted height per contact joint
+# lock_step's parameters, one row per leg (the settings and what they make with the leg's own sizes): a graph input,
+# so settings change without re-exporting. near_level: the pin's height under which the contact rule may call it
+# planted; flat_rise: the ankle's height over the pin on a flat foot; soft, room: the reach limit's start and span;
+# pole: minus one over the foot's length (the foot's direction, ankle -> pin, from pin -> ankle).
+PARAMS = ("contact_on", "contact_off", "per_frame", "blend_frames", "step_lift", "step_height", "inv_band",
+          "floor_m", "slow_m", "slip_m", "rise_m", "near_level", "flat_rise", "soft", "room", "pole")
 
 
 @dataclass(frozen=True)
@@ -141,16 +142,22 @@ def find_legs(skeleton: Skeleton, layout: FeatureLayout) -> list[Leg]:
     return legs
 
 
-def settings_vector(settings: FootLockSettings, planted: np.ndarray, fps: float) -> np.ndarray:
-    """lock_step's settings input (float32) from settings, the contact joints' planted heights and the fps."""
-    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
-    values.update(per_frame=1.0 / settings.blend_frames, near_m=CONTACT_HEIGHT_M, slow_m=CONTACT_VERTICAL_MPS / fps,
-                  slip_m=RELEASE_SLIP_M, rise_m=RELEASE_RISE_M, straight_m=STRAIGHT_M)
+def settings_vector(settings: FootLockSettings, rig: "FootLockRig", planted: np.ndarray, fps: float) -> np.ndarray:
+    """lock_step's parameters (float32, legs x PARAMS flattened) from settings, the contact joints' planted
+    heights and the frame rate."""
     heights = np.asarray(planted if settings.planted_m is None else settings.planted_m, np.float64).reshape(-1)
     if heights.shape != np.shape(planted):
         raise ValueError(f"foot lock: planted_m must hold {len(planted)} heights (one per contact joint), "
                          f"got {heights.size}")
-    return np.concatenate([[values[name] for name in _SCALARS], heights]).astype(np.float32)
+    pin, ankle = heights[rig.planted_columns[:, 0]], heights[rig.planted_columns[:, 1]]
+    values = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name != "planted_m"}
+    values.update(per_frame=1.0 / settings.blend_frames, inv_band=1.0 / max(settings.heel_band, 1e-6),
+                  slow_m=CONTACT_VERTICAL_MPS / fps, slip_m=RELEASE_SLIP_M, rise_m=RELEASE_RISE_M,
+                  near_level=settings.floor_m + pin + CONTACT_HEIGHT_M, flat_rise=ankle - pin,
+                  soft=settings.reach * rig.span, room=(1.0 - settings.reach) * rig.span,
+                  pole=-rig.inv_foot)
+    rows = np.stack([np.broadcast_to(np.asarray(values[name], np.float64), (rig.n_legs,)) for name in PARAMS], -1)
+    return rows.astype(np.float32).reshape(-1)
 
 
 def contact_heights(frames: np.ndarray, layout: FeatureLayout) -> np.ndarray:
@@ -173,10 +180,10 @@ def idle_lock_inputs(model, n: int) -> dict[str, np.ndarray]:
     """The foot-lock inputs of a MotionModel's decoder for n characters that lock nothing ({} when it has none)."""
     if not model.foot_lock_in_graph:
         return {}
-    vector = settings_vector(FootLockSettings(), planted_heights(model.meta, model.layout, model.start_frames),
+    rig = FootLockRig(model.skeleton, model.layout)
+    vector = settings_vector(FootLockSettings(), rig, planted_heights(model.meta, model.layout, model.start_frames),
                              model.fps)
-    legs = len(find_legs(model.skeleton, model.layout))
-    return {"foot_lock_state": np.zeros((n, legs, STATE_WIDTH), np.float32),
+    return {"foot_lock_state": np.zeros((n, rig.n_legs, STATE_WIDTH), np.float32),
             "foot_lock_enabled": np.zeros(n, bool), "foot_lock_settings": vector}
 
 
@@ -184,25 +191,29 @@ def idle_lock_inputs(model, n: int) -> dict[str, np.ndarray]:
 _COS_SIN_ONE = np.array([[1.0, 1.0, 0.0], [0.0, np.pi / 2, 0.0]])
 _TURN = np.zeros((3, 9))
 _TURN[0, [0, 8]], _TURN[1, 2], _TURN[1, 6], _TURN[2, 4] = 1.0, 1.0, -1.0, 1.0
-# The IK's quaternion factors, five per joint (hip, knee, ankle), applied last to first. Their axes: rows of
-# [m, n, line, model's n] seen from hip's parent (0-3), hip (4-7) and knee (8-11), then the knee's view of
-# +Y (12) and of the heel's pitch axis (13); their angles from [swing, hip bend, knee bend, held turn, swivel,
-# heel pitch], halved for quaternions.
-_FACTOR_AXES = np.array([0, 1, 2, 0, 0, 7, 0, 0, 0, 0, 10, 9, 8, 13, 12])
-_FACTOR_SPINS = np.zeros((6, 15))
-for _col, _terms in {0: [(0, 1)], 1: [(1, 1)], 2: [(4, 1)], 5: [(2, 1)], 10: [(4, -1)], 11: [(1, -1), (2, -1)],
-                     12: [(0, -1)], 13: [(5, 1)], 14: [(3, 1)]}.items():
-    for _row, _sign in _terms:
-        _FACTOR_SPINS[_row, _col] = 0.5 * _sign
+# (a outer b), flattened, @ _LEVI_CIVITA = a x b.
+_LEVI_CIVITA = np.zeros((3, 3, 3))
+for _i, _j, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+    _LEVI_CIVITA[_i, _j, _k], _LEVI_CIVITA[_j, _i, _k] = 1.0, -1.0
+# [cos a, sin a] @ _IN_PLANE + _IN_PLANE_ONE = the turn by a in a leg's frame (line, toward the knee, normal).
+_IN_PLANE = np.zeros((2, 9))
+_IN_PLANE[0, [0, 4]], _IN_PLANE[1, 1], _IN_PLANE[1, 3] = 1.0, -1.0, 1.0
+_IN_PLANE_ONE = np.zeros(9)
+_IN_PLANE_ONE[8] = 1.0
+# A rotation matrix, flattened, @ _QUAT_W + _QUAT_W_ONE = 4 w q, its quaternion (x, y, z, w) times 4w: exact for turns
+# below a half turn, which the IK's corrections are.
+_QUAT_W = np.zeros((9, 4))
+_QUAT_W[[7, 2, 3], [0, 1, 2]], _QUAT_W[[5, 6, 1], [0, 1, 2]], _QUAT_W[[0, 4, 8], 3] = 1.0, -1.0, 1.0
+_QUAT_W_ONE = np.array([0.0, 0.0, 0.0, 1.0])
 # a @ _LEFT_PRODUCT, reshaped (4, 4), is the matrix L(a) with L(a) @ b = a (x) b, the Hamilton product (x, y, z, w).
 _LEFT_PRODUCT = np.zeros((4, 16))
 for _r, _row in enumerate([[(3, 0, 1), (0, 3, 1), (1, 2, 1), (2, 1, -1)], [(3, 1, 1), (1, 3, 1), (2, 0, 1), (0, 2, -1)],
                            [(3, 2, 1), (2, 3, 1), (0, 1, 1), (1, 0, -1)], [(3, 3, 1), (0, 0, -1), (1, 1, -1), (2, 2, -1)]]):
     for _i, _j, _v in _row:
         _LEFT_PRODUCT[_i, 4 * _r + _j] = _v
-# axis @ _SKEW = the cross-product matrix of axis, flattened (the rig holds its negative: v @ it @ w = v x w).
-_SKEW = np.zeros((3, 9))
-_SKEW[2, 1], _SKEW[1, 2], _SKEW[2, 3], _SKEW[0, 5], _SKEW[1, 6], _SKEW[0, 7] = -1, 1, 1, -1, -1, 1
+# up x v = v @ _UP_CROSS; [x, z, turn] @ _SPREAD = (x, 0, z).
+_UP_CROSS = np.array([[0.0, 0, -1], [0, 0, 0], [1, 0, 0]])
+_SPREAD = np.array([[1.0, 0, 0], [0, 0, 1], [0, 0, 0]])
 
 
 class FootLockRig:
@@ -212,232 +223,221 @@ class FootLockRig:
         self.legs = legs = find_legs(skeleton, layout)
         self.n_legs, self.n_joints, self.n_contacts = len(legs), skeleton.n_joints, len(layout.contact_joints)
         count, j = len(legs), skeleton.n_joints
+        contact = [skeleton.index(n) for n in layout.contact_joints]
         width = max([len(leg.feet) for leg in legs], default=1)
-        # The raw pose's FK is needed only for the legs' joints and what they hang from.
-        points = [[g.hip, g.knee, g.ankle, g.pin] + list(g.feet) for g in legs]
-        needed = {0}
-        for row in points:
-            for joint in row:
-                while joint > 0 and joint not in needed:
-                    needed.add(joint)
-                    joint = int(skeleton.parents[joint])
-        chain = np.array(sorted(needed), np.int64)
-        at = {int(joint): k for k, joint in enumerate(chain)}
-        legs_fk, full_fk = Kinematics(skeleton.subset(chain.tolist()), "legs_"), Kinematics(skeleton, "full_")
-        self.doubling = {"legs_doubling": legs_fk.doubling, "full_doubling": full_fk.doubling}
-        a: dict[str, np.ndarray] = {**legs_fk.arrays, **full_fk.arrays, **kinematic_constants(), "chain": chain}
+        below = [self._below(skeleton, g.ankle) for g in legs]
+        deep = max([len(b) for b in below], default=1)
+        a: dict[str, np.ndarray] = {}
+        for name in ("hip", "knee", "ankle", "pin"):
+            a[name] = np.array([getattr(g, name) for g in legs], np.int64)
+        # The raw pose's world rotations the lock reads: the hip's parent's, the hip's, the knee's and the ankle's.
+        a["frames"] = np.array([[skeleton.parents[g.hip], g.hip, g.knee, g.ankle] for g in legs], np.int64).reshape(count, 4)
         # Legs with fewer contact joints repeat their ankle: a copy changes neither the contact's max nor the floor.
-        a["points"] = np.array([[at[p] for p in row + [row[2]] * (width - len(row) + 4)] for row in points],
-                               np.int64).reshape(count, 4 + width)
+        a["feet"] = np.array([list(g.feet) + [g.ankle] * (width - len(g.feet)) for g in legs], np.int64).reshape(count, width)
         a["columns"] = np.array([list(g.columns) + [g.columns[0]] * (width - len(g.columns)) for g in legs],
                                 np.int64).reshape(count, width)
-        contact = [skeleton.index(n) for n in layout.contact_joints]
-        # Settings rows of each leg's planted heights: its pin's and its ankle's.
-        a["planted_rows"] = len(_SCALARS) + np.array(
-            [[contact.index(g.pin) if g.pin in contact else contact.index(g.ankle), contact.index(g.ankle)]
-             for g in legs], np.int64).reshape(count, 2)
-        parent = legs_fk.arrays["legs_parent"]
-        a["frames"] = np.array([[parent[at[g.hip]], at[g.hip], at[g.knee], at[g.ankle]] for g in legs],
-                               np.int64).reshape(count, 4)
+        # The joints that turn with the foot (below the ankle), padded with the pin; their weight 0 marks padding.
+        a["below"] = np.array([b + [g.pin] * (deep - len(b)) for g, b in zip(legs, below)], np.int64).reshape(count, deep)
+        # shown = raw * keep + place @ [hip, knee, ankle] per leg; positions += moved @ [knee, ankle, below...] per leg.
         solved = np.array([[g.hip, g.knee, g.ankle] for g in legs], np.int64).reshape(-1)
-        a["solved"] = solved
-        # shown = raw * keep + place @ solved quaternions, so that no element is assigned in place.
-        a["keep"] = np.ones((j, 1))
-        a["keep"][solved] = 0.0
-        a["place"] = np.zeros((j, len(solved)))
-        a["place"][solved, np.arange(len(solved))] = 1.0
-        lengths, rest = skeleton.bone_lengths(), skeleton.rest_positions()
-        thigh, shin = lengths[[g.knee for g in legs]], lengths[[g.ankle for g in legs]]
-        a["thigh"], a["span"] = thigh, thigh + shin
-        a["shortest"], a["longest"] = (np.abs(thigh - shin) + 1e-9)[:, None], (thigh + shin - 1e-9)[:, None]
-        # Law of cosines, (n, L, now/wanted, hip/knee): (d^2 * sign + top) / (d * bottom + bottom_add); at the hip
-        # (d^2 + t^2 - s^2) / (2 t d), at the knee (t^2 + s^2 - d^2) / (2 t s).
-        a["cos_sign"] = np.array([1.0, -1.0])
-        a["cos_top"] = np.stack([thigh * thigh - shin * shin, thigh * thigh + shin * shin], -1)[:, None, :]
-        a["cos_bottom"] = np.stack([2.0 * thigh, 0.0 * thigh], -1)[:, None, :]
-        a["cos_bottom_add"] = np.stack([0.0 * thigh, 2.0 * thigh * shin], -1)[:, None, :]
-        # The foot's direction in the ankle's frame (at rest all local rotations are identity) and its length.
-        foot, foot_length = np.zeros((count, 3, 1)), np.zeros(count)
-        for i, g in enumerate(legs):
-            kids = skeleton.children[g.ankle]
-            rel = rest[g.pin] - rest[g.ankle] if g.pin != g.ankle else (
-                skeleton.offsets[kids[0]] if kids else np.nan_to_num(skeleton.end_offsets[g.ankle]))
-            foot_length[i] = np.linalg.norm(rel)
-            foot[i, :, 0] = rel / max(foot_length[i], 1e-9)
-        a["foot"] = foot
-        # stride = sqrt(held^2 @ this): the offset, and the turn times the foot's length.
-        a["stride_weights"] = np.stack([np.ones(count), np.ones(count), foot_length ** 2], -1)
-        a.update(cos_sin_one=_COS_SIN_ONE, turn=_TURN, factor_axes=_FACTOR_AXES, factor_spins=_FACTOR_SPINS,
-                 left_product=_LEFT_PRODUCT, skew=-_SKEW, ground3=np.array([[1.0, 0, 0], [0, 0, 1]]), sin_cos=np.array([np.pi / 2, 0.0]), up=np.array([0.0, 1.0, 0.0]))
+        a["solved"], a["keep"], a["place"] = solved, np.ones((j, 1)), np.zeros((j, len(solved)))
+        a["keep"][solved], a["place"][solved, np.arange(len(solved))] = 0.0, 1.0
+        a["moved"] = np.zeros((j, count * (2 + deep)))
+        for i, (g, b) in enumerate(zip(legs, below)):
+            for c, joint in enumerate([g.knee, g.ankle] + b):
+                a["moved"][joint, i * (2 + deep) + c] = 1.0
+        lengths = skeleton.bone_lengths()
+        thigh, shin = lengths[a["knee"]], lengths[a["ankle"]]
+        self.span = thigh + shin
+        # Law of cosines for a hip-to-ankle distance l and thigh and shin lengths t, s in the plane: at the hip (between
+        # the line and the thigh) cos = (l^2 + t^2 - s^2) / (2 l t), at the ankle (l^2 + s^2 - t^2) / (2 l s).
+        a["bones_squared"] = np.stack([thigh ** 2, shin ** 2], -1)
+        a["thigh_squared"], a["thigh_minus_shin"] = (thigh ** 2)[:, None], (thigh ** 2 - shin ** 2)[:, None]
+        a["cos_top"] = np.stack([thigh ** 2 - shin ** 2, shin ** 2 - thigh ** 2], -1)[:, None, :]
+        # The foot, pin -> ankle: its length (squared, and inverted: 0 for a leg that holds its ankle).
+        rest = skeleton.rest_positions()
+        foot = np.linalg.norm(rest[a["ankle"]] - rest[a["pin"]], axis=-1)
+        a["foot_squared"] = (foot ** 2)[:, None]
+        self.inv_foot = np.where(foot > 1e-9, 1.0 / np.maximum(foot, 1e-9), 0.0)
+        # stride = |held * this|: the offset, and the turn times the foot's length.
+        a["stride_scale"] = np.stack([np.ones(count), np.ones(count), foot], -1)
+        self.planted_columns = np.array([[contact.index(g.pin) if g.pin in contact else contact.index(g.ankle),
+                                          contact.index(g.ankle)] for g in legs], np.int64).reshape(count, 2)
+        a.update(cos_sin_one=_COS_SIN_ONE, turn=_TURN, levi=_LEVI_CIVITA.reshape(9, 3), in_plane=_IN_PLANE,
+                 in_plane_one=_IN_PLANE_ONE, quat_w=_QUAT_W, quat_w_one=_QUAT_W_ONE, left_product=_LEFT_PRODUCT,
+                 up_cross=_UP_CROSS, spread=_SPREAD, up=np.array([0.0, 1.0, 0.0]), xz=np.array([1.0, 0.0, 1.0]),
+                 perpendicular=np.array([[0.0, -1.0], [1.0, 0.0]]), phase=np.array([0.0, np.pi / 2]),
+                 to_xz=_SPREAD.T, skew=_LEVI_CIVITA.transpose(1, 0, 2).reshape(3, 9), eye3=np.eye(3),
+                 bend_sign=np.array([1.0, -1.0]))
         self.arrays = a
 
+    @staticmethod
+    def _below(skeleton: Skeleton, ankle: int) -> list[int]:
+        """The joints below ankle, in skeleton order."""
+        out, inside = [], {ankle}
+        for joint in range(ankle + 1, skeleton.n_joints):
+            if int(skeleton.parents[joint]) in inside:
+                inside.add(joint)
+                out.append(joint)
+        return out
+
     def namespace(self, convert=lambda x: x) -> SimpleNamespace:
-        """The arrays as attributes, each passed through convert (e.g. to torch tensors), and the doubling names."""
-        return SimpleNamespace(**{k: convert(v) for k, v in self.arrays.items()}, **self.doubling)
+        """The arrays as attributes, each passed through convert (e.g. to torch tensors)."""
+        return SimpleNamespace(**{k: convert(v) for k, v in self.arrays.items()})
 
 
-def _dot(a, b):
-    return (a * b).sum(-1)
+def raw_kinematics(kinematics: PoseKinematics, k: SimpleNamespace, rotations: np.ndarray,
+                   root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The raw pose's world rotations lock_step reads (B, L, 4, 3, 3) and its joints' world positions (B, J, 3), in
+    numpy from local rotations (B, J, 4) and root positions (B, 3) (the step graph hands over its own)."""
+    world, positions = kinematics(quat_matrices(rotations.astype(np.float64)), root.astype(np.float64))
+    return world[:, k.frames], positions
 
 
-def _norm(a):
-    return ((a * a).sum(-1)) ** 0.5
-
-
-def _atan2(xp, y, x, r):
-    """The angle of (x, y) with r = |(x, y)|, for angles away from +-pi (the half-angle form: exact near 0)."""
-    return 2.0 * xp.arctan(y / xp.clip(r + x, 1e-12, None))
-
-
-def lock_step(xp, k, rotations, root, contacts, state, enabled, settings):
+def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, settings):
     """One frame of characters through their foot locks.
 
-    rotations (B, J, 4) the raw local rotations, root (B, 3) the root positions, contacts (B, C), state (B, L,
-    STATE_WIDTH) the locks' state, enabled (B,) bool, settings (K,) from settings_vector; k: a FootLockRig's
-    namespace in xp's arrays. Returns the shown local rotations (B, J, 4), their world positions (B, J, 3) and the
-    next state (B, L, STATE_WIDTH). Every step is an array operation on the whole batch: it exports to ONNX.
+    rotations (B, J, 4): the raw local rotations; world (B, L, 4, 3, 3): their world rotations of each leg's hip's
+    parent, hip, knee and ankle; positions (B, J, 3): their joints' world positions; contacts (B, C); state (B, L,
+    STATE_WIDTH); enabled (B,) bool; settings: settings_vector's. k: a FootLockRig's namespace in xp's arrays.
+    Returns the shown local rotations (B, J, 4), their world positions (B, J, 3) and the next state. Every step
+    is an array operation on the whole batch (it exports to ONNX), written for few of them: at one character
+    each costs about as much as its arithmetic on a thousand.
     """
-    n_legs = k.points.shape[0]
-    st = {name: state[..., at] for name, at in STATE.items()}
-    s = {name: settings[at] for name, at in SETTING.items()}
-    on = enabled[:, None]  # (B, 1)
+    legs = k.hip.shape[0]
+    kd = {"keepdims": True} if xp is np else {"keepdim": True}
 
-    # The raw pose's legs: world rotations (hip's parent, hip, knee, ankle) and positions.
-    world, pos = forward_kinematics(xp, k, "legs_", quat_matrices(xp, rotations[:, k.chain], k.pair_a, k.pair_b,
-                                                                  k.quat_products), root)
-    frames = world[:, k.frames]  # (B, L, 4, 3, 3)
-    points = pos[:, k.points]  # (B, L, 4 + F, 3): hip, knee, ankle, pin, contact joints
-    hip, knee, ankle, pin = points[:, :, 0], points[:, :, 1], points[:, :, 2], points[:, :, 3]
-    pin_y = pin[..., 1]
-    direction = (frames[:, :, 3] @ k.foot)[..., 0]
-    heading = direction[..., 0::2] / xp.clip(_norm(direction[..., 0::2]), 1e-12, None)[..., None]  # (x, z)
+    def norm(a):
+        return np.linalg.norm(a, axis=-1, keepdims=True) if xp is np else xp.linalg.vector_norm(a, dim=-1, keepdim=True)
 
-    # What the model's foot did since the last frame: its pin moved, its heading turned (none after a reset).
-    valid = st["valid"] > 0.5
-    was_pin, was_heading = st["was_pin"], st["was_heading"]
-    sin_turn = heading[..., 0] * was_heading[..., 1] - heading[..., 1] * was_heading[..., 0]
-    cos_turn = _dot(heading, was_heading)
-    moved = xp.concatenate([(pin - was_pin)[..., 0::2], _atan2(xp, sin_turn, cos_turn, 1.0)[..., None]], -1) \
-        * valid[..., None]
+    def cross(a, b, m):  # a (B, L, 1, 3) x b (B, L, m, 3)
+        return (a[..., :, None] * b[..., None, :]).reshape(-1, legs, m, 9) @ k.levi
 
-    # Locks, with hysteresis. A foot the rule planted locks too; a lock ends when the model clearly lifts its pin
-    # (its contacts lag behind toe-off); such a release, like an early one, re-arms once the contact drops or
+    rows = settings.reshape(legs, len(PARAMS))
+    par = {name: rows[:, i:i + 1] for i, name in enumerate(PARAMS)}  # (L, 1) each
+    st = {name: state[..., at:at + 1] if isinstance(at, int) else state[..., at] for name, at in STATE.items()}
+    on = enabled[:, None, None]  # (B, 1, 1)
+
+    hip, knee, ankle, pin = (positions[:, getattr(k, name)] for name in ("hip", "knee", "ankle", "pin"))  # (B, L, 3)
+    pin_y = pin[..., 1:2]
+    d = ankle - pin  # the foot, pin -> ankle
+    flat = xp.clip(norm(d * k.xz), 1e-9, None)
+    heading = d[..., 0::2] / flat  # its direction on the ground, (x, z)
+
+    # What the model's foot did since the last frame: its pin moved, its heading turned (nothing after a reset).
+    valid = st["valid"]
+    step = pin - st["was_pin"]
+    turned = xp.arcsin((heading * st["was_heading"]).sum(-1, **kd))  # was_heading: the last heading turned by -90 deg
+    moved = xp.concatenate([step[..., 0::2], turned], -1) * valid  # (B, L, 3): x, z, turn
+
+    # Locks, with hysteresis. A foot the contact rule plants locks too; a lock ends when the model clearly lifts its
+    # pin (its contacts lag behind toe-off); such a release, like an early one, re-arms once the contact drops or
     # the fade ends.
-    planted = settings[k.planted_rows]  # (L, 2): the pin's and the ankle's planted heights
-    contact = xp.amax(contacts[:, k.columns], -1)
+    contact = xp.amax(contacts[:, k.columns], -1, **kd)
     was = st["locked"] > 0.5
-    left = xp.clip(st["left"] - s["per_frame"], 0.0, None)
-    armed = (st["disarmed"] < 0.5) | (contact < s["contact_off"]) | (left <= 0.0)
-    near = (pin_y - s["floor_m"] - planted[:, 0] < s["near_m"]) & (xp.abs(pin_y - was_pin[..., 1]) < s["slow_m"]) & valid
-    locked = (contact >= s["contact_off"]) & (was | (armed & ((contact >= s["contact_on"]) | near))) & on
+    left = xp.clip(st["left"] - par["per_frame"], 0.0, None)
+    hold = contact >= par["contact_off"]
+    armed = (st["disarmed"] < 0.5) | ~hold | (left <= 0.0)
+    near = (pin_y < par["near_level"]) & (xp.abs(step[..., 1:2]) < par["slow_m"]) & (valid > 0.5)
+    locked = hold & on & (was | (armed & ((contact >= par["contact_on"]) | near)))
     ground = xp.where(locked & ~was, pin_y, st["ground"])
-    lifted = locked & (pin_y - ground > s["rise_m"])
+    lifted = locked & (pin_y - ground > par["rise_m"])
     locked = locked & ~lifted
     disarmed = ~armed | lifted
     released = was & ~locked
 
-    # A held foot stays where it was shown (a lock taken now: where it was shown last frame). A released one
-    # eases onto the model's foot over blend_frames from where it was last held: a cubic Hermite in the held
-    # offset, arriving at rest relative to the model (h00 and h10 of the fade, from the share left).
-    fade_from = xp.where(released[..., None], st["held"], st["fade_from"])
-    fade_speed = xp.where(released[..., None], 0.0 * moved, st["fade_speed"])
-    left = xp.where(released, 1.0 - s["per_frame"], left)
+    # A held foot stays where it was shown (a lock taken now: where it was shown last frame). A released one eases
+    # onto the model's foot over blend_frames from where it was last held: a cubic Hermite in the held offset and
+    # turn (h00 and h10 of the fade, from the share left), arriving at rest relative to the model.
+    held = st["held"]
+    fades = xp.where(released, xp.concatenate([held, 0.0 * held], -1), st["fades"])  # (B, L, 6): from, speed
+    left = xp.where(released, 1.0 - par["per_frame"], left)
     done = 1.0 - left
     ease = 1.0 - done * done * (1.0 + 2.0 * left)
-    held = xp.where(locked[..., None], st["held"] - moved,
-                    fade_from * ease[..., None] + fade_speed * (s["blend_frames"] * done * left * left)[..., None])
+    held = xp.where(locked, held - moved, fades[..., :3] * ease + fades[..., 3:] * (par["blend_frames"] * done * left * left))
     weight = xp.where(locked, 1.0, ease)
-    stride_now = ((fade_from * fade_from * k.stride_weights).sum(-1)) ** 0.5
-    stride = xp.where(released, stride_now, st["stride"])
+    stride = xp.where(released, norm(fades[..., :3] * k.stride_scale), st["stride"])
 
-    # The ankle's target: the model's foot turned about the pin as held, pitched near flat (heel band), moved as
-    # held, lifted over the floor and, while a release eases, along a step's arc.
-    turn = (xp.cos(held[..., 2:] * k.cos_sin_one[0] - k.cos_sin_one[1]) @ k.turn).reshape(-1, n_legs, 3, 3)
-    d = ankle - pin
+    # The ankle's target: the model's foot turned about the pin as held, its pitch eased towards flat within the
+    # heel band, moved as held, lifted over the floor and, while a release eases, along a step's arc.
+    turn = (xp.cos(held[..., 2:] * k.cos_sin_one[0] - k.cos_sin_one[1]) @ k.turn).reshape(-1, legs, 3, 3)
     v = (turn @ d[..., None])[..., 0]
-    e, flat = v[..., 1], _norm(v[..., 0::2])
-    rise = e - (planted[:, 1] - planted[:, 0])
-    u = xp.clip(xp.abs(rise) / xp.clip(s["heel_band"], 1e-6, None), 0.0, 1.0)
-    e2 = e - (weight * on) * rise * (1.0 - u * u * (3.0 - 2.0 * u))
-    size = _norm(v)
-    e2 = xp.clip(e2, -0.99 * size, 0.99 * size)
-    flat = xp.clip(flat, 1e-9, None)
-    flat2 = (size * size - e2 * e2) ** 0.5
-    pitch = xp.arctan(e / flat) - xp.arctan(e2 / flat2)  # about k = up x v: a positive pitch lowers the heel
-    scale = flat2 / flat
-    target = pin + xp.stack([v[..., 0] * scale, e2, v[..., 2] * scale], -1)
-    # Contact joints' shown heights: their offsets from the pin pitched about k (a turn about +Y keeps heights).
-    w = points[:, :, 4:] - pin[:, :, None]
-    along = _dot(w[..., 0::2], d[..., None, 0::2]) / flat[..., None]
-    heights = pin_y[..., None] + w[..., 1] * xp.cos(pitch)[..., None] - along * xp.sin(pitch)[..., None]
-    floor = xp.clip(s["floor_m"] - xp.amin(heights, -1), 0.0, None) * on
-    arc = done * left * ~locked
-    lift = xp.maximum(s["step_lift"] * stride, xp.clip(stride, None, s["step_height"])) * (4.0 * arc) ** 2
-    target = target + (held[..., :2] @ k.ground3) + (floor + lift)[..., None] * k.up
+    rise = d[..., 1:2] - par["flat_rise"]
+    band = xp.clip(xp.abs(rise) * par["inv_band"], None, 1.0)
+    lowered = d[..., 1:2] - (weight * on) * rise * (1.0 - band * band * (3.0 - 2.0 * band))
+    flat2 = xp.clip(k.foot_squared - lowered * lowered, 1e-12, None) ** 0.5
+    v2 = v * (flat2 / flat) * k.xz + lowered * k.up  # the shown foot, pin -> ankle
+    lowest = xp.minimum(xp.amin(positions[:, k.feet][..., 1], -1, **kd), pin_y + lowered)
+    floor = xp.clip(par["floor_m"] - lowest, 0.0, None) * on
+    lift = xp.maximum(par["step_lift"] * stride, xp.minimum(stride, par["step_height"])) * (4.0 * done * left * ~locked) ** 2
+    target = pin + v2 + held @ k.spread + (floor + lift) * k.up
 
-    # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's own; a
-    # lock the limit would keep more than RELEASE_SLIP_M off its place lets go and eases out from there.
-    legs = xp.stack([ankle - hip, target - hip], -2)  # now, wanted
-    have_need = _norm(legs)
-    have, need = have_need[..., 0], have_need[..., 1]
-    soft, room = s["reach"] * k.span, (1.0 - s["reach"]) * k.span
-    limit = soft + room * (1.0 - xp.exp(-xp.clip(need - soft, 0.0, None) / room))
+    # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's own; a lock
+    # the limit would keep more than RELEASE_SLIP_M off its place lets go and eases out from there.
+    wanted = target - hip
+    have, need = norm(ankle - hip), norm(wanted)
+    limit = par["soft"] + par["room"] * (1.0 - xp.clip(xp.exp((par["soft"] - need) / par["room"]), None, 1.0))
     reach = xp.minimum(need, xp.maximum(limit, have))
-    early = locked & (need - reach > s["slip_m"])
+    early = locked & (need - reach > par["slip_m"])
     locked = locked & ~early
     disarmed = disarmed | early
-    held = held + xp.concatenate([((reach / need - 1.0)[..., None] * legs[..., 1, 0::2]), 0.0 * held[..., 2:]], -1) \
-        * early[..., None]
-    fade_from = xp.where(early[..., None], held, fade_from)
-    fade_speed = xp.where(early[..., None], -moved, fade_speed)
+    held = held + (wanted * (reach / need - 1.0)) @ k.to_xz * early
+    fades = xp.where(early, xp.concatenate([held, -moved], -1), fades)
     left = xp.where(early, 1.0, left)
-    stride = xp.where(early, ((held * held * k.stride_weights).sum(-1)) ** 0.5, stride)
+    stride = xp.where(early, norm(held * k.stride_scale), stride)
 
-    if _DEBUG is not None:  # DEBUG-REMOVE
-        _DEBUG.update(locals())  # DEBUG-REMOVE
-    # Two-bone IK in the plane of the model's knee: hip and knee turn about its normal n to give the leg the
-    # length asked for, then both swing about m, from the ankle's direction to the target's.
-    lengths = xp.minimum(xp.maximum(xp.stack([have, reach], -1), k.shortest), k.longest)
-    cosines = ((lengths * lengths)[..., None] * k.cos_sign + k.cos_top) / (lengths[..., None] * k.cos_bottom
-                                                                       + k.cos_bottom_add)
-    angles = xp.arccos(xp.clip(cosines, -1.0, 1.0))  # (B, L, now/wanted, hip/knee)
-    # Planes, as normals: of the model's knee (line x knee), of the pole, of the swing (line x target). The pole
-    # is the model's knee; where the leg must bend further out than the model's knee is (a nearly straight leg,
-    # whose bend direction is noise), the foot's direction makes up the difference. The leg first swivels about
-    # the hip-ankle line from the model's plane into the pole's (the ankle stays, the solve stays exact), then
-    # bends in it and swings. A leg asked for no change keeps the model's pose.
-    crosses = xp.stack([knee - hip, direction, legs[..., 1, :]], -2) \
-        @ (legs[..., 0, :] @ k.skew).reshape(-1, n_legs, 3, 3)  # line x knee, line x foot, line x target
-    bent = _norm(crosses[..., 0, :]) / have  # the knee's distance to the line
-    out = xp.clip(k.thigh * xp.sin(angles[..., 1, 0]), s["straight_m"], None)  # how far out the knee must go
-    pole = crosses[..., 0, :] + xp.clip(out - bent, 0.0, None)[..., None] * crosses[..., 1, :]
-    crosses = xp.stack([crosses[..., 0, :], pole, crosses[..., 2, :]], -2)
-    sizes = _norm(crosses)
-    normals = crosses / xp.clip(sizes, 1e-12, None)[..., None]
-    model_n = xp.where((sizes[..., :1] > 1e-12), normals[..., 0, :], normals[..., 1, :])
-    pole_n, line = normals[..., 1, :], legs[..., 0, :] / have[..., None]
-    across = (pole_n[..., None, :] @ (model_n @ k.skew).reshape(-1, n_legs, 3, 3))[..., 0, :]  # model_n x pole_n
-    asked = xp.clip(_norm(target - ankle) / 1e-3, None, 1.0)
-    swivel = _atan2(xp, _dot(across, line), _dot(model_n, pole_n), 1.0) * asked
-    swing = _atan2(xp, sizes[..., 2], _dot(legs[..., 0, :], legs[..., 1, :]), have * need)
-    # The new local rotations are the old ones turned by these factors, about axes seen from the joint's parent
-    # (hip's parent, hip, knee): the hip by the swing, its bend and the swivel; the knee by its bend about the
-    # model's knee axis; the ankle back by all of the leg's turn, then by the heel's pitch and the held turn.
-    axis = xp.stack([v[..., 2], 0.0 * e, -v[..., 0]], -1) / flat[..., None]  # up x v, the heel's pitch axis
-    vectors = xp.stack([normals[..., 2, :], normals[..., 1, :], line, model_n], -2)
-    axes = (vectors[:, :, None] @ frames[:, :, :3]).reshape(-1, n_legs, 12, 3)
-    axes = xp.concatenate([axes, frames[:, :, 2, 1:2], axis[:, :, None] @ frames[:, :, 2]], 2)[:, :, k.factor_axes]
-    spins = xp.stack([swing, angles[..., 1, 0] - angles[..., 0, 0], angles[..., 1, 1] - angles[..., 0, 1],
-                      held[..., 2], swivel, pitch], -1) @ k.factor_spins
-    half = xp.cos(spins[..., None] - k.sin_cos)  # sin, cos of half the angle
-    factors = (xp.concatenate([axes * half[..., :1], half[..., 1:]], -1) @ k.left_product).reshape(-1, n_legs, 3, 5, 4, 4)
-    turned = factors[..., 0, :, :] @ factors[..., 1, :, :] @ factors[..., 2, :, :] @ factors[..., 3, :, :] \
-        @ factors[..., 4, :, :] @ rotations[:, k.solved].reshape(-1, n_legs, 3, 4, 1)
-    shown = rotations * k.keep + k.place @ turned.reshape(-1, 3 * n_legs, 4)
-    positions = forward_kinematics(xp, k, "full_", quat_matrices(xp, shown, k.pair_a, k.pair_b, k.quat_products),
-                                   root)[1]
+    # Two-bone IK in the leg's plane: the hip-to-ankle line and the plane's normal make a frame (line, toward the
+    # knee, normal) before and after; thigh and shin keep their place in it but for their angles to the line, which
+    # the law of cosines gives for the new length (of their parts in the plane: a knee off the plane stays off it
+    # as far, on both sides, so the ankle stays on the line). The plane is the model's knee's, but where the leg
+    # must bend further out than the model's knee is (a nearly straight leg, whose own plane is noise) the foot's
+    # plane makes up the difference; the leg is never twisted about its line, so the knee does not flip.
+    thigh = knee - hip
+    line, line2 = (ankle - hip) / have, wanted / need
+    planes = cross(line[..., None, :], xp.stack([thigh, d], -2), 2)  # line x thigh, line x foot
+    along = (reach * reach + k.thigh_minus_shin) / (2.0 * reach)  # the knee's place along the new line
+    out = xp.clip(k.thigh_squared - along * along, STRAIGHT_M * STRAIGHT_M, None) ** 0.5  # and off it
+    normal = planes[..., 0, :] + (xp.clip(out - norm(planes[..., 0, :]), 0.0, None) * par["pole"]) * planes[..., 1, :]
+    normal = normal / xp.clip(norm(normal), 1e-12, None)
+    off = (thigh * normal).sum(-1, **kd)
+    inplane = xp.clip(k.bones_squared - off * off, 1e-12, None) ** 0.5  # (B, L, 2): thigh's, shin's
+    lengths = xp.concatenate([have, reach], -1)[..., None]  # (B, L, 2, 1): now, wanted
+    angles = xp.arccos(xp.clip((lengths * lengths + k.cos_top) / (2.0 * lengths * inplane[..., None, :]), -1.0, 1.0))
+    spins = (angles[..., 1, :] - angles[..., 0, :]) * k.bend_sign  # the thigh's and the shin's turns in the plane
+    spins = (xp.cos(spins[..., None] - k.phase) @ k.in_plane + k.in_plane_one).reshape(-1, legs, 2, 3, 3)
+    normal2 = normal - (normal * line2).sum(-1, **kd) * line2
+    normals = xp.stack([normal, normal2 / xp.clip(norm(normal2), 1e-12, None)], -2)
+    lines = xp.stack([line, line2], -2)
+    frames = xp.stack([lines, cross(normals, lines, 2), normals], -2)  # (B, L, 2, 3, 3): rows, before and after
+    bends = frames[:, :, 1:2].swapaxes(-1, -2) @ spins @ frames[:, :, 0:1]  # their turns in the world
 
-    flags = xp.where(xp.stack([locked, disarmed], -1), 1.0, 0.0)
-    state = xp.concatenate([flags, xp.stack([left, weight, ground, stride], -1), held, fade_from, fade_speed, pin,
-                            heading, 0.0 * left[..., None] + 1.0], -1)
+    # The foot's turn in the world: about the vertical as held, then pitched about the horizontal through the pin
+    # (Rodrigues: I + sin a [axis]x + (1 - cos a) [axis]x^2).
+    pitch = xp.arctan(d[..., 1:2] / flat) - xp.arctan(lowered / flat2)  # > 0 lowers the heel
+    cos_sin = xp.cos(pitch - k.phase)[..., None]  # (B, L, 2, 1)
+    skew = (v @ k.up_cross / flat @ k.skew).reshape(-1, legs, 3, 3)  # of up x v, a unit horizontal axis
+    foot = (k.eye3 + cos_sin[:, :, 1:2] * skew + (1.0 - cos_sin[:, :, 0:1]) * (skew @ skew)) @ turn
+
+    # As changes of the local rotations (seen from each joint's parent): the hip turns as the thigh, the knee as the
+    # shin relative to the thigh, the ankle as the foot relative to the shin; quaternions that turn the raw ones.
+    change = xp.concatenate([bends, foot[:, :, None]], 2)
+    parent = xp.concatenate([0.0 * bends[:, :, 0:1] + k.eye3, bends], 2)
+    local = world[:, :, 0:3].swapaxes(-1, -2) @ parent.swapaxes(-1, -2) @ change @ world[:, :, 0:3]
+    quat = local.reshape(-1, legs, 3, 9) @ k.quat_w + k.quat_w_one
+    quat = ((quat / norm(quat)) @ k.left_product).reshape(-1, legs, 3, 4, 4)
+    shown = quat @ rotations[:, k.solved].reshape(-1, legs, 3, 4, 1)
+    shown = rotations * k.keep + k.place @ shown.reshape(-1, 3 * legs, 4)
+
+    # Their world positions: the legs' joints moved (knee, ankle and the joints below it), the others as they were.
+    limbs = (bends @ xp.stack([knee - hip, ankle - knee], -2)[..., None])[..., 0]
+    knee2 = hip + limbs[:, :, 0]
+    ankle2 = knee2 + limbs[:, :, 1]
+    below = positions[:, k.below]
+    below2 = ankle2[:, :, None] + (below - ankle[:, :, None]) @ foot.swapaxes(-1, -2)
+    moved_to = xp.concatenate([(knee2 - knee)[:, :, None], (ankle2 - ankle)[:, :, None], below2 - below], 2)
+    positions = positions + k.moved @ moved_to.reshape(-1, legs * moved_to.shape[2], 3)
+
+    flags = xp.where(xp.concatenate([locked, disarmed], -1), 1.0, 0.0)
+    state = xp.concatenate([flags, left, weight, ground, stride, held, fades, pin, heading @ k.perpendicular,
+                            0.0 * left + 1.0], -1)
     return shown, positions, state

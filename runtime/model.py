@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import FeatureLayout
-from .footlock import SETTING, STATE_WIDTH, VERSION as FOOT_LOCK_VERSION
+from .footlock import PARAMS, STATE_WIDTH, VERSION as FOOT_LOCK_VERSION, find_legs
 from .skeleton import Skeleton
 
 SCHEMA_VERSION = 2  # 2: decoder.onnx may lock feet (its foot_lock inputs and outputs, model.json's foot_lock)
@@ -202,7 +202,7 @@ def _check_io(sess, path: Path, inputs: dict[str, int | None], outputs: dict[str
                 raise model_error(path, f"{kind} {name!r} has {got[name][-1]} columns but model.json implies {size}")
 
 
-def _check_foot_lock(sess, path: Path, meta: dict, layout: FeatureLayout) -> bool:
+def _check_foot_lock(sess, path: Path, meta: dict, skeleton: Skeleton, layout: FeatureLayout) -> bool:
     """Whether the decoder locks feet too (models exported before it did not); its foot-lock inputs and outputs
     checked against this runtime's lock (runtime/footlock.py) when it does."""
     if "foot_lock_state" not in {i.name for i in sess.get_inputs()}:
@@ -212,7 +212,7 @@ def _check_foot_lock(sess, path: Path, meta: dict, layout: FeatureLayout) -> boo
         raise model_error(path, f"its foot lock is version {version} but this runtime's is {FOOT_LOCK_VERSION}; re-export the "
                                 "model with this toolkit (python -m trainer.export)")
     _check_io(sess, path, {"foot_lock_state": STATE_WIDTH, "foot_lock_enabled": None,
-                           "foot_lock_settings": len(SETTING) + len(layout.contact_joints)},
+                           "foot_lock_settings": len(PARAMS) * len(find_legs(skeleton, layout))},
               {"shown_rotations": 4, "shown_positions": 3, "next_foot_lock_state": STATE_WIDTH})
     return True
 
@@ -256,7 +256,7 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
               {"z": latent, "condition": n_cond * size, "origin": 3, "yaw": 1, "previous_rotations": 4},
               {"next_condition": n_cond * size, "next_origin": 3, "next_yaw": 1, "positions": 3, "rotations": 4,
                "contacts": c, "next_frame": size})
-    in_graph = _check_foot_lock(sess, decoder_path, meta, layout)
+    in_graph = _check_foot_lock(sess, decoder_path, meta, skeleton, layout)
     model = MotionModel(folder, meta, skeleton, layout, shift, scale, starts, sess, used, bounds, codebook, in_graph)
     for task, spec in (meta.get("policies") or {}).items():
         file = spec.get("file", f"policy-{task}.onnx")

@@ -51,7 +51,7 @@ def export_step_onnx(run: LoadedRun, bounds: np.ndarray, path: Path) -> tuple[li
     locked = LockedStepGraph(graph, run.skeleton, run.layout).eval()
     if locked.n_legs:
         graph, inputs, outputs = locked, INPUTS + LOCK_INPUTS, OUTPUTS + LOCK_OUTPUTS
-        example += locked.example_inputs(b, len(run.layout.contact_joints))
+        example += locked.example_inputs(b)
     batched = [name for name in inputs + outputs if name != "foot_lock_settings"]
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for these graphs
         warnings.simplefilter("ignore")

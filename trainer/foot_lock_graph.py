@@ -19,7 +19,7 @@ from torch import nn
 
 from runtime.contacts import foot_floor
 from runtime.features import FeatureLayout
-from runtime.footlock import SETTING, STATE_WIDTH, VERSION, FootLockRig, contact_heights, find_legs, lock_step
+from runtime.footlock import PARAMS, STATE_WIDTH, VERSION, FootLockRig, contact_heights, find_legs, lock_step
 from runtime.skeleton import Skeleton
 
 from .step_graph import StepGraph
@@ -35,26 +35,41 @@ class LockedStepGraph(nn.Module):
         super().__init__()
         self.step = step
         rig = FootLockRig(skeleton, layout)
-        self.n_legs, self._doubling, self._names = rig.n_legs, rig.doubling, list(rig.arrays)
+        self.n_legs, self._names = rig.n_legs, list(rig.arrays)
         for name, value in rig.arrays.items():
             value = np.asarray(value)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.long if value.dtype.kind in "iu"
                                                        else torch.float32))
+        # The raw pose's joint positions from the step's frames: positions = root + turn (chain @ bones), with
+        # bones = each parent's orientation times the joint's offset, in the character frame.
+        offsets = skeleton.offsets.copy()
+        offsets[0] = 0.0
+        chain = np.eye(skeleton.n_joints)
+        for j in range(1, skeleton.n_joints):
+            chain[j] += chain[skeleton.parents[j]]
+        self.register_buffer("fk_parent", torch.as_tensor(np.maximum(skeleton.parents, 0) + 1))
+        self.register_buffer("fk_offsets", torch.as_tensor(offsets[:, :, None], dtype=torch.float32))
+        self.register_buffer("fk_chain_t", torch.as_tensor(chain.T, dtype=torch.float32))
 
     def forward(self, z, condition, origin, yaw, previous_rotations, foot_lock_state, foot_lock_enabled,
                 foot_lock_settings):
         """One step and its foot lock: StepGraph's outputs, then LOCK_OUTPUTS."""
-        out = self.step(z, condition, origin, yaw, previous_rotations)
-        rig = SimpleNamespace(**{name: getattr(self, name) for name in self._names}, **self._doubling)
+        out = self.step(z, condition, origin, yaw, previous_rotations, with_frames=True)
+        frames, out = out[-1], out[:-1]
         positions, rotations, contacts = out[3], out[4], out[5]
-        shown, shown_positions, state = lock_step(torch, rig, rotations, positions[:, 0], contacts, foot_lock_state,
+        rig = SimpleNamespace(**{name: getattr(self, name) for name in self._names})
+        turn, root = frames[:, 0], positions[:, 0]
+        bones = (frames[:, self.fk_parent] * self.fk_offsets).sum(-2)  # (B, J, 3): M_parent @ offset
+        raw = (turn @ (bones.transpose(1, 2) @ self.fk_chain_t)).transpose(1, 2) + root[:, None]
+        world = turn[:, None, None] @ frames[:, 1 + self.frames].transpose(-1, -2)  # (B, L, 4, 3, 3)
+        shown, shown_positions, state = lock_step(torch, rig, rotations, world, raw, contacts, foot_lock_state,
                                                   foot_lock_enabled, foot_lock_settings)
         return (*out, shown, shown_positions, state)
 
-    def example_inputs(self, batch: int, contacts: int) -> tuple[torch.Tensor, ...]:
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
         """Lock inputs of a batch at rest, for tracing the export."""
         return (torch.zeros(batch, self.n_legs, STATE_WIDTH), torch.zeros(batch, dtype=torch.bool),
-                torch.zeros(len(SETTING) + contacts))
+                torch.zeros(self.n_legs * len(PARAMS)))
 
 
 def planted_heights(layout: FeatureLayout, data_path: str | None, start_frames: np.ndarray) -> np.ndarray:
@@ -73,6 +88,6 @@ def planted_heights(layout: FeatureLayout, data_path: str | None, start_frames: 
 def foot_lock_meta(skeleton: Skeleton, layout: FeatureLayout, planted: np.ndarray) -> dict:
     """model.json's foot_lock entry: the lock's version and layout sizes, its legs and the planted heights."""
     names = skeleton.names
-    return {"version": VERSION, "state_width": STATE_WIDTH, "settings": len(SETTING) + len(planted),
+    return {"version": VERSION, "state_width": STATE_WIDTH, "parameters": list(PARAMS),
             "legs": [[names[g.hip], names[g.knee], names[g.ankle], names[g.pin]] for g in find_legs(skeleton, layout)],
             "planted_m": [round(float(h), 6) for h in planted]}

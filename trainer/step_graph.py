@@ -112,8 +112,9 @@ class StepGraph(nn.Module):
         """(B, 3, 3) rotations about +Y by yaw (B, 1)."""
         return torch.addmm(self.turn_one, torch.sin(yaw + self.phase), self.turn_sc).view(-1, 3, 3)
 
-    def forward(self, z, condition, origin, yaw, previous_rotations):
-        """One step; see the module docstring."""
+    def forward(self, z, condition, origin, yaw, previous_rotations, with_frames: bool = False):
+        """One step; see the module docstring. with_frames: also the world frames (B, 1+J, 3, 3) the pose came from
+        (the yaw's turn, then each joint's orientation transposed), for stages appended to the step."""
         nxt = self.decoder(z, condition)
         raw = dict(zip(self.blocks, torch.split(nxt * self.scale + self.shift, self.sizes, dim=1)))
         if condition.shape[1] == self.frame:
@@ -152,4 +153,5 @@ class StepGraph(nn.Module):
         # NaN fails the comparison too, so this also catches non-finite frames.
         inside = (torch.abs(nxt - self.centre) <= self.radius).to(torch.float32).amin(dim=1)
         contacts = raw.get("contacts", nxt[:, :0])
-        return next_condition, next_origin, next_yaw, positions, q, contacts, inside < 0.5, nxt
+        out = next_condition, next_origin, next_yaw, positions, q, contacts, inside < 0.5, nxt
+        return out + (frames,) if with_frames else out
