@@ -11,10 +11,10 @@ Per leg (found from the layout's contact joints: the topmost contact joint of a 
 parent the knee, the knee's parent the hip; the lowest one, the toe when there is one, is the held joint, the
 pin), with state per character and leg:
 
-- Lock: when the leg's contact (the largest of its contact joints' values) rises to `contact_on`, or when the
-  pin is planted by the rule runtime.contacts measures with (within CONTACT_HEIGHT_M of its planted height,
-  moving vertically slower than CONTACT_VERTICAL_MPS), so a foot the model lands before its contact turns on
-  is held from its first still frame. The foot is held where it was shown the frame before, so the frame a
+- Lock: when the leg's contact (the largest of its contact joints' values) rises to `contact_on`, or, once it
+  is past `contact_off`, when the pin is planted by the rule runtime.contacts measures with (within
+  CONTACT_HEIGHT_M of its planted height, moving vertically slower than CONTACT_VERTICAL_MPS), so a foot the
+  model lands before its contact is on is held from its first still frame. The foot is held where it was shown the frame before, so the frame a
   lock starts does not slide either. Release when the contact falls below `contact_off` (hysteresis), or
   when the model lifts the pin RELEASE_RISE_M above where it was planted (the model's contacts lag behind
   toe-off).
@@ -143,7 +143,7 @@ def find_legs(skeleton: Skeleton, layout: FeatureLayout) -> list[Leg]:
 
 
 def settings_vector(settings: FootLockSettings, rig: "FootLockRig", planted: np.ndarray, fps: float) -> np.ndarray:
-    """lock_step's parameters (float32, legs x PARAMS flattened) from settings, the contact joints' planted
+    """lock_step's parameters (float32, PARAMS x legs flattened) from settings, the contact joints' planted
     heights and the frame rate."""
     heights = np.asarray(planted if settings.planted_m is None else settings.planted_m, np.float64).reshape(-1)
     if heights.shape != np.shape(planted):
@@ -156,7 +156,7 @@ def settings_vector(settings: FootLockSettings, rig: "FootLockRig", planted: np.
                   near_level=settings.floor_m + pin + CONTACT_HEIGHT_M, flat_rise=ankle - pin,
                   soft=settings.reach * rig.span, room=(1.0 - settings.reach) * rig.span,
                   pole=-rig.inv_foot)
-    rows = np.stack([np.broadcast_to(np.asarray(values[name], np.float64), (rig.n_legs,)) for name in PARAMS], -1)
+    rows = np.stack([np.broadcast_to(np.asarray(values[name], np.float64), (rig.n_legs,)) for name in PARAMS])
     return rows.astype(np.float32).reshape(-1)
 
 
@@ -305,6 +305,8 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     each costs about as much as its arithmetic on a thousand.
     """
     legs = k.hip.shape[0]
+    if legs == 0:
+        return rotations, positions, state
     kd = {"keepdims": True} if xp is np else {"keepdim": True}
 
     def norm(a):
@@ -313,12 +315,15 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     def cross(a, b, m):  # a (B, L, 1, 3) x b (B, L, m, 3)
         return (a[..., :, None] * b[..., None, :]).reshape(-1, legs, m, 9) @ k.levi
 
-    rows = settings.reshape(legs, len(PARAMS))
-    par = {name: rows[:, i:i + 1] for i, name in enumerate(PARAMS)}  # (L, 1) each
-    st = {name: state[..., at:at + 1] if isinstance(at, int) else state[..., at] for name, at in STATE.items()}
-    on = enabled[:, None, None]  # (B, 1, 1)
+    rows = settings.reshape(len(PARAMS), legs, 1)
 
-    hip, knee, ankle, pin = (positions[:, getattr(k, name)] for name in ("hip", "knee", "ankle", "pin"))  # (B, L, 3)
+    def par(name):  # (L, 1)
+        return rows[PARAMS.index(name)]
+
+    st = {name: state[..., at:at + 1] if isinstance(at, int) else state[..., at] for name, at in STATE.items()}
+    on = enabled.reshape(-1, 1, 1)
+
+    hip, knee, ankle, pin = (positions[..., getattr(k, name), :] for name in ("hip", "knee", "ankle", "pin"))
     pin_y = pin[..., 1:2]
     d = ankle - pin  # the foot, pin -> ankle
     flat = xp.clip(norm(d * k.xz), 1e-9, None)
@@ -333,15 +338,15 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     # Locks, with hysteresis. A foot the contact rule plants locks too; a lock ends when the model clearly lifts its
     # pin (its contacts lag behind toe-off); such a release, like an early one, re-arms once the contact drops or
     # the fade ends.
-    contact = xp.amax(contacts[:, k.columns], -1, **kd)
+    contact = xp.amax(contacts[..., k.columns], -1, **kd)
     was = st["locked"] > 0.5
-    left = xp.clip(st["left"] - par["per_frame"], 0.0, None)
-    hold = contact >= par["contact_off"]
+    left = xp.clip(st["left"] - par("per_frame"), 0.0, None)
+    hold = contact >= par("contact_off")
     armed = (st["disarmed"] < 0.5) | ~hold | (left <= 0.0)
-    near = (pin_y < par["near_level"]) & (xp.abs(step[..., 1:2]) < par["slow_m"]) & (valid > 0.5)
-    locked = hold & on & (was | (armed & ((contact >= par["contact_on"]) | near)))
+    near = (pin_y < par("near_level")) & (xp.abs(step[..., 1:2]) < par("slow_m")) & (valid > 0.5)
+    locked = hold & on & (was | (armed & ((contact >= par("contact_on")) | near)))
     ground = xp.where(locked & ~was, pin_y, st["ground"])
-    lifted = locked & (pin_y - ground > par["rise_m"])
+    lifted = locked & (pin_y - ground > par("rise_m"))
     locked = locked & ~lifted
     disarmed = ~armed | lifted
     released = was & ~locked
@@ -351,10 +356,10 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     # turn (h00 and h10 of the fade, from the share left), arriving at rest relative to the model.
     held = st["held"]
     fades = xp.where(released, xp.concatenate([held, 0.0 * held], -1), st["fades"])  # (B, L, 6): from, speed
-    left = xp.where(released, 1.0 - par["per_frame"], left)
+    left = xp.where(released, 1.0 - par("per_frame"), left)
     done = 1.0 - left
     ease = 1.0 - done * done * (1.0 + 2.0 * left)
-    held = xp.where(locked, held - moved, fades[..., :3] * ease + fades[..., 3:] * (par["blend_frames"] * done * left * left))
+    held = xp.where(locked, held - moved, fades[..., :3] * ease + fades[..., 3:] * (par("blend_frames") * done * left * left))
     weight = xp.where(locked, 1.0, ease)
     stride = xp.where(released, norm(fades[..., :3] * k.stride_scale), st["stride"])
 
@@ -362,23 +367,23 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     # heel band, moved as held, lifted over the floor and, while a release eases, along a step's arc.
     turn = (xp.cos(held[..., 2:] * k.cos_sin_one[0] - k.cos_sin_one[1]) @ k.turn).reshape(-1, legs, 3, 3)
     v = (turn @ d[..., None])[..., 0]
-    rise = d[..., 1:2] - par["flat_rise"]
-    band = xp.clip(xp.abs(rise) * par["inv_band"], None, 1.0)
+    rise = d[..., 1:2] - par("flat_rise")
+    band = xp.clip(xp.abs(rise) * par("inv_band"), None, 1.0)
     lowered = d[..., 1:2] - (weight * on) * rise * (1.0 - band * band * (3.0 - 2.0 * band))
     flat2 = xp.clip(k.foot_squared - lowered * lowered, 1e-12, None) ** 0.5
     v2 = v * (flat2 / flat) * k.xz + lowered * k.up  # the shown foot, pin -> ankle
-    lowest = xp.minimum(xp.amin(positions[:, k.feet][..., 1], -1, **kd), pin_y + lowered)
-    floor = xp.clip(par["floor_m"] - lowest, 0.0, None) * on
-    lift = xp.maximum(par["step_lift"] * stride, xp.minimum(stride, par["step_height"])) * (4.0 * done * left * ~locked) ** 2
+    lowest = xp.minimum(xp.amin(positions[..., k.feet, 1], -1, **kd), pin_y + lowered)
+    floor = xp.clip(par("floor_m") - lowest, 0.0, None) * on
+    lift = xp.maximum(par("step_lift") * stride, xp.minimum(stride, par("step_height"))) * (4.0 * done * left * ~locked) ** 2
     target = pin + v2 + held @ k.spread + (floor + lift) * k.up
 
     # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's own; a lock
     # the limit would keep more than RELEASE_SLIP_M off its place lets go and eases out from there.
     wanted = target - hip
     have, need = norm(ankle - hip), norm(wanted)
-    limit = par["soft"] + par["room"] * (1.0 - xp.clip(xp.exp((par["soft"] - need) / par["room"]), None, 1.0))
+    limit = par("soft") + par("room") * (1.0 - xp.clip(xp.exp((par("soft") - need) / par("room")), None, 1.0))
     reach = xp.minimum(need, xp.maximum(limit, have))
-    early = locked & (need - reach > par["slip_m"])
+    early = locked & (need - reach > par("slip_m"))
     locked = locked & ~early
     disarmed = disarmed | early
     held = held + (wanted * (reach / need - 1.0)) @ k.to_xz * early
@@ -397,7 +402,7 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     planes = cross(line[..., None, :], xp.stack([thigh, d], -2), 2)  # line x thigh, line x foot
     along = (reach * reach + k.thigh_minus_shin) / (2.0 * reach)  # the knee's place along the new line
     out = xp.clip(k.thigh_squared - along * along, STRAIGHT_M * STRAIGHT_M, None) ** 0.5  # and off it
-    normal = planes[..., 0, :] + (xp.clip(out - norm(planes[..., 0, :]), 0.0, None) * par["pole"]) * planes[..., 1, :]
+    normal = planes[..., 0, :] + (xp.clip(out - norm(planes[..., 0, :]), 0.0, None) * par("pole")) * planes[..., 1, :]
     normal = normal / xp.clip(norm(normal), 1e-12, None)
     off = (thigh * normal).sum(-1, **kd)
     inplane = xp.clip(k.bones_squared - off * off, 1e-12, None) ** 0.5  # (B, L, 2): thigh's, shin's
@@ -425,14 +430,14 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     local = world[:, :, 0:3].swapaxes(-1, -2) @ parent.swapaxes(-1, -2) @ change @ world[:, :, 0:3]
     quat = local.reshape(-1, legs, 3, 9) @ k.quat_w + k.quat_w_one
     quat = ((quat / norm(quat)) @ k.left_product).reshape(-1, legs, 3, 4, 4)
-    shown = quat @ rotations[:, k.solved].reshape(-1, legs, 3, 4, 1)
+    shown = quat @ rotations[..., k.solved, :].reshape(-1, legs, 3, 4, 1)
     shown = rotations * k.keep + k.place @ shown.reshape(-1, 3 * legs, 4)
 
     # Their world positions: the legs' joints moved (knee, ankle and the joints below it), the others as they were.
     limbs = (bends @ xp.stack([knee - hip, ankle - knee], -2)[..., None])[..., 0]
     knee2 = hip + limbs[:, :, 0]
     ankle2 = knee2 + limbs[:, :, 1]
-    below = positions[:, k.below]
+    below = positions[..., k.below, :]
     below2 = ankle2[:, :, None] + (below - ankle[:, :, None]) @ foot.swapaxes(-1, -2)
     moved_to = xp.concatenate([(knee2 - knee)[:, :, None], (ankle2 - ankle)[:, :, None], below2 - below], 2)
     positions = positions + k.moved @ moved_to.reshape(-1, legs * moved_to.shape[2], 3)

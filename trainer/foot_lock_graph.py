@@ -40,16 +40,18 @@ class LockedStepGraph(nn.Module):
             value = np.asarray(value)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.long if value.dtype.kind in "iu"
                                                        else torch.float32))
-        # The raw pose's joint positions from the step's frames: positions = root + turn (chain @ bones), with
-        # bones = each parent's orientation times the joint's offset, in the character frame.
-        offsets = skeleton.offsets.copy()
-        offsets[0] = 0.0
-        chain = np.eye(skeleton.n_joints)
-        for j in range(1, skeleton.n_joints):
-            chain[j] += chain[skeleton.parents[j]]
-        self.register_buffer("fk_parent", torch.as_tensor(np.maximum(skeleton.parents, 0) + 1))
-        self.register_buffer("fk_offsets", torch.as_tensor(offsets[:, :, None], dtype=torch.float32))
-        self.register_buffer("fk_chain_t", torch.as_tensor(chain.T, dtype=torch.float32))
+        # The raw pose's joint positions from the step's frames in one matmul: each joint's offset from its parent,
+        # turned by the parent's orientation, summed along its chain (character frame), then turned by the yaw.
+        j, parents = skeleton.n_joints, skeleton.parents
+        fk = np.zeros((j, 3, 3, j, 3))  # [parent, row, column] of the frames -> [joint, axis]
+        chain = np.eye(j)
+        for joint in range(1, j):
+            chain[joint] += chain[parents[joint]]
+        for joint in range(1, j):
+            for below in np.flatnonzero(chain[:, joint]):
+                for axis in range(3):
+                    fk[parents[joint], :, axis, below, axis] += skeleton.offsets[joint]
+        self.register_buffer("fk", torch.as_tensor(fk.reshape(j * 9, j * 3), dtype=torch.float32))
 
     def forward(self, z, condition, origin, yaw, previous_rotations, foot_lock_state, foot_lock_enabled,
                 foot_lock_settings):
@@ -59,8 +61,8 @@ class LockedStepGraph(nn.Module):
         positions, rotations, contacts = out[3], out[4], out[5]
         rig = SimpleNamespace(**{name: getattr(self, name) for name in self._names})
         turn, root = frames[:, 0], positions[:, 0]
-        bones = (frames[:, self.fk_parent] * self.fk_offsets).sum(-2)  # (B, J, 3): M_parent @ offset
-        raw = (turn @ (bones.transpose(1, 2) @ self.fk_chain_t)).transpose(1, 2) + root[:, None]
+        raw = (frames[:, 1:].reshape(-1, self.fk.shape[0]) @ self.fk).reshape(-1, self.fk.shape[1] // 3, 3)
+        raw = raw @ turn.transpose(1, 2) + root[:, None]
         world = turn[:, None, None] @ frames[:, 1 + self.frames].transpose(-1, -2)  # (B, L, 4, 3, 3)
         shown, shown_positions, state = lock_step(torch, rig, rotations, world, raw, contacts, foot_lock_state,
                                                   foot_lock_enabled, foot_lock_settings)

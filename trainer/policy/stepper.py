@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.footlock import idle_lock_inputs
 from runtime.model import MotionModel, load_model
 
 from ..checkpoint import LoadedRun, load_run
@@ -38,9 +39,16 @@ class Stepper:
 class OnnxStepper(Stepper):
     """The model directory's decoder.onnx through onnxruntime (CPU): bit-for-bit the runtime's step."""
 
+    def __init__(self, model: MotionModel, device: torch.device) -> None:
+        super().__init__(model, device)
+        self._idle: dict[int, dict[str, np.ndarray]] = {}  # the foot lock's inputs (it locks nothing here), per batch
+
     def __call__(self, z, condition, origin, yaw, rotations):
         feed = {"z": z, "condition": condition, "origin": origin, "yaw": yaw, "previous_rotations": rotations}
-        out = self.model.decoder.run(OUTPUTS, {k: v.detach().cpu().numpy() for k, v in feed.items()})
+        feed = {k: v.detach().cpu().numpy() for k, v in feed.items()}
+        if len(z) not in self._idle:
+            self._idle[len(z)] = idle_lock_inputs(self.model, len(z))
+        out = self.model.decoder.run(OUTPUTS, {**feed, **self._idle[len(z)]})
         return {k: torch.from_numpy(v).to(self.device) for k, v in zip(OUTPUTS, out)}
 
 
