@@ -14,18 +14,22 @@ held 5 s; target: random targets 1-10 m away, a new one on arrival; path: a figu
   joints; the raw output on the same frames beside it. Knee angle: largest change from one frame to the next.
 - bones and FK: joint distances against the skeleton's bone lengths, and the skeleton's forward kinematics of
   the shown rotations against the shown positions (both in mm); the lowest contact joint.
-- cost: Controller.step with and without foot_lock at 1 and 1,024 characters, stepped in turn in this run,
-  and the same with the shown positions read (they are computed on first use).
+- cost: Controller.step at 1 and 1,024 characters, stepped in turn in this run: without the lock and with it.
+  For a model whose step graph locks feet, "without" is that graph cut before the lock (the step as exported
+  before it), and the lock in numpy after the cut graph is timed too (what older model directories run).
 
-The default model's mocap is rebuilt with the README's recipe (trainer.procedural, seed 7) in a temporary
-folder, or read from --default-frames-npz. When ../shared/mocap/bandai2_locomotion exists, a model is trained
-on it with the README's recipe in a temporary folder that is deleted afterwards (nothing derived is kept),
-or --model DIR --frames-npz NPZ reuse one.
-Usage: python benchmarks/foot_lock.py [--model DIR --frames-npz NPZ] [--no-bandai] [--characters 32] [--seconds 30]
+The model measured is the shipped default one unless --model DIR --frames-npz NPZ name another and its mocap;
+the default model's mocap is rebuilt with the README's recipe (trainer.procedural, seed 7) in a temporary
+folder. When ../shared/mocap/bandai2_locomotion exists, a model is trained on it with the README's recipe in a
+temporary folder that is deleted afterwards (nothing derived is kept), or --bandai-model DIR
+--bandai-frames-npz NPZ reuse one.
+Usage: python benchmarks/foot_lock.py [--model DIR --frames-npz NPZ] [--bandai-model DIR --bandai-frames-npz NPZ]
+       [--no-bandai] [--characters 32] [--seconds 30]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,7 @@ import numpy as np
 from runtime.contacts import foot_floor, planted_speed
 from runtime.controller import Controller
 from runtime.features import FeatureLayout, decode
-from runtime.model import MotionModel, load_model
+from runtime.model import MotionModel, load_model, sha256_file
 from runtime.skeleton import Skeleton
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,10 +208,26 @@ def measure(model: MotionModel, mocap: Mocap, run: dict[str, np.ndarray]) -> dic
     return out
 
 
-def step_cost(model: MotionModel, n: int, seconds: float) -> dict[str, float]:
-    """Milliseconds per Controller.step without and with foot_lock (and with its positions read), in turn."""
-    ctrls = {"raw": Controller(model, n, seed=0), "lock": Controller(model, n, seed=0, foot_lock=True),
-             "lock+positions": Controller(model, n, seed=0, foot_lock=True)}
+def without_lock(model: MotionModel, folder: Path) -> MotionModel:
+    """The model with its step graph cut before the foot lock: the step as exported before the lock was in it."""
+    import onnx
+
+    from trainer.step_graph import INPUTS, OUTPUTS
+
+    folder.mkdir(parents=True)
+    graph = onnx.utils.Extractor(onnx.load(str(model.path / "decoder.onnx"))).extract_model(INPUTS, OUTPUTS)
+    onnx.save(graph, str(folder / "decoder.onnx"))
+    meta = {**model.meta, "policies": {}}
+    meta.pop("foot_lock")
+    meta["files"] = {"decoder.onnx": {"sha256": sha256_file(folder / "decoder.onnx"), "inputs": INPUTS,
+                                      "outputs": OUTPUTS}}
+    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    return load_model(folder)
+
+
+def step_cost(models: dict[str, tuple[MotionModel, bool]], n: int, seconds: float) -> dict[str, float]:
+    """Milliseconds per Controller.step of n characters for each (model, foot_lock), stepped in turn."""
+    ctrls = {name: Controller(model, n, seed=0, foot_lock=lock) for name, (model, lock) in models.items()}
     spent = dict.fromkeys(ctrls, 0.0)
     for c in ctrls.values():
         for _ in range(5):
@@ -216,12 +236,28 @@ def step_cost(model: MotionModel, n: int, seconds: float) -> dict[str, float]:
     while time.perf_counter() < end or calls < 5:
         for name, c in ctrls.items():
             t0 = time.perf_counter()
-            p = c.step()
-            if name == "lock+positions":
-                p.positions
+            c.step()
             spent[name] += time.perf_counter() - t0
         calls += 1
     return {k: 1000 * v / calls for k, v in spent.items()}
+
+
+def report_cost(model: MotionModel, work: Path, seconds: float) -> None:
+    """Print what the foot lock adds to Controller.step at 1 and 1,024 characters."""
+    if model.foot_lock_in_graph:
+        bare = without_lock(model, work / f"{model.name}-without-lock")
+        models = {"without": (bare, False), "graph": (model, True), "numpy": (bare, True)}
+        print(f"\ncost of Controller.step, model {model.name!r} (ms, stepped in turn): without the lock (its step graph "
+              "cut before it), with the lock in the step graph, and with the lock in numpy after the cut graph")
+    else:
+        models = {"without": (model, False), "numpy": (model, True)}
+        print(f"\ncost of Controller.step, model {model.name!r} (ms, stepped in turn): its step graph has no foot lock "
+              "(exported before it was there), so the lock runs in numpy after each step")
+    for n in (1, 1024):
+        c = step_cost(models, n, seconds)
+        rows = ", ".join(f"{name} {c[name]:.3f} (+{100 * (c[name] / c['without'] - 1):.0f}%)" for name in models
+                         if name != "without")
+        print(f"  {n:>5} characters: without {c['without']:.3f}; {rows}")
 
 
 def report(title: str, model: MotionModel, mocap: Mocap, n: int, frames: int, seed: int) -> None:
@@ -246,44 +282,48 @@ def report(title: str, model: MotionModel, mocap: Mocap, n: int, frames: int, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure the default model (and a Bandai-trained one when the data is there); print the tables."""
+    """Measure a model (the shipped default one unless told) and a Bandai-trained one when the data is there."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("Usage: ")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="an exported model to measure instead of training one on Bandai")
-    ap.add_argument("--frames-npz", type=Path, help="the training frames of --model (its mocap)")
-    ap.add_argument("--default-frames-npz", type=Path, help="the default model's frames (default: made again)")
-    ap.add_argument("--no-bandai", action="store_true", help="measure only the default model")
+    ap.add_argument("--model", type=Path, help="the model directory to measure (default: the shipped default model)")
+    ap.add_argument("--frames-npz", type=Path,
+                    help="its training frames, its mocap (default: the default model's, made again with the README's "
+                         "recipe; needed with --model)")
+    ap.add_argument("--bandai-model", type=Path, help="a model trained on the Bandai data, to measure instead of "
+                                                      "training one (with --bandai-frames-npz)")
+    ap.add_argument("--bandai-frames-npz", type=Path, help="the training frames of --bandai-model")
+    ap.add_argument("--no-bandai", action="store_true", help="measure only --model")
     ap.add_argument("--characters", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cost-seconds", type=float, default=10.0, help="time spent stepping per cost row")
     args = ap.parse_args(argv)
-    if (args.model is None) != (args.frames_npz is None):
-        ap.error("--model and --frames-npz go together")
+    if args.model is not None and args.frames_npz is None:
+        ap.error("--model needs --frames-npz (its training frames)")
+    if (args.bandai_model is None) != (args.bandai_frames_npz is None):
+        ap.error("--bandai-model and --bandai-frames-npz go together")
     with tempfile.TemporaryDirectory(prefix="foot-lock-") as tmp:
         work = Path(tmp)
-        default = load_model(None)
-        frames = int(args.seconds * default.fps)
-        mocap = Mocap(args.default_frames_npz or procedural_frames(work))
-        report("default model", default, mocap, args.characters, frames, args.seed)
+        model = load_model(args.model)
+        frames = int(args.seconds * model.fps)
+        mocap = Mocap(args.frames_npz or procedural_frames(work))
+        report("default model" if args.model is None else "given model", model, mocap, args.characters, frames,
+               args.seed)
+        report_cost(model, work, args.cost_seconds)
 
-        print("\ncost of Controller.step on the default model (ms, stepped in turn in this run):")
-        for n in (1, 1024):
-            c = step_cost(default, n, args.cost_seconds)
-            print(f"  {n:>5} characters: raw {c['raw']:.3f}, foot lock {c['lock']:.3f} "
-                  f"(+{100 * (c['lock'] / c['raw'] - 1):.0f}%), with its positions read {c['lock+positions']:.3f} "
-                  f"(+{100 * (c['lock+positions'] / c['raw'] - 1):.0f}%)")
-
-        if args.model is not None:
-            report("given model", load_model(args.model), Mocap(args.frames_npz), args.characters, frames, args.seed)
+        if args.bandai_model is not None:
+            bandai, npz = load_model(args.bandai_model), args.bandai_frames_npz
         elif args.no_bandai or not BANDAI.is_dir():
             print(f"\n(Bandai skipped: {'--no-bandai' if args.no_bandai else f'{BANDAI} is not present'})")
+            return 0
         else:
             print("\ntraining a model on the Bandai data with the README's recipe (a few minutes) ...", flush=True)
             t0 = time.perf_counter()
             path, npz = bandai_model(work)
+            bandai = load_model(path)
             print(f"trained and exported in {time.perf_counter() - t0:.0f} s (in {work}, deleted afterwards)")
-            report("Bandai-trained model", load_model(path), Mocap(npz), args.characters, frames, args.seed)
+        report("Bandai-trained model", bandai, Mocap(npz), args.characters, frames, args.seed)
+        report_cost(bandai, work, args.cost_seconds)
     return 0
 
 

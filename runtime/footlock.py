@@ -205,12 +205,12 @@ _IN_PLANE_ONE[8] = 1.0
 _QUAT_W = np.zeros((9, 4))
 _QUAT_W[[7, 2, 3], [0, 1, 2]], _QUAT_W[[5, 6, 1], [0, 1, 2]], _QUAT_W[[0, 4, 8], 3] = 1.0, -1.0, 1.0
 _QUAT_W_ONE = np.array([0.0, 0.0, 0.0, 1.0])
-# a @ _LEFT_PRODUCT, reshaped (4, 4), is the matrix L(a) with L(a) @ b = a (x) b, the Hamilton product (x, y, z, w).
-_LEFT_PRODUCT = np.zeros((4, 16))
+# (a outer b), flattened, @ _PRODUCT = a (x) b, the Hamilton product of quaternions (x, y, z, w).
+_PRODUCT = np.zeros((16, 4))
 for _r, _row in enumerate([[(3, 0, 1), (0, 3, 1), (1, 2, 1), (2, 1, -1)], [(3, 1, 1), (1, 3, 1), (2, 0, 1), (0, 2, -1)],
                            [(3, 2, 1), (2, 3, 1), (0, 1, 1), (1, 0, -1)], [(3, 3, 1), (0, 0, -1), (1, 1, -1), (2, 2, -1)]]):
     for _i, _j, _v in _row:
-        _LEFT_PRODUCT[_i, 4 * _r + _j] = _v
+        _PRODUCT[4 * _i + _j, _r] = _v
 # up x v = v @ _UP_CROSS; [x, z, turn] @ _SPREAD = (x, 0, z).
 _UP_CROSS = np.array([[0.0, 0, -1], [0, 0, 0], [1, 0, 0]])
 _SPREAD = np.array([[1.0, 0, 0], [0, 0, 1], [0, 0, 0]])
@@ -230,8 +230,8 @@ class FootLockRig:
         a: dict[str, np.ndarray] = {}
         for name in ("hip", "knee", "ankle", "pin"):
             a[name] = np.array([getattr(g, name) for g in legs], np.int64)
-        # The raw pose's world rotations the lock reads: the hip's parent's, the hip's, the knee's and the ankle's.
-        a["frames"] = np.array([[skeleton.parents[g.hip], g.hip, g.knee, g.ankle] for g in legs], np.int64).reshape(count, 4)
+        # The raw pose's world rotations the lock reads: the hip's parent's, the hip's and the knee's.
+        a["frames"] = np.array([[skeleton.parents[g.hip], g.hip, g.knee] for g in legs], np.int64).reshape(count, 3)
         # Legs with fewer contact joints repeat their ankle: a copy changes neither the contact's max nor the floor.
         a["feet"] = np.array([list(g.feet) + [g.ankle] * (width - len(g.feet)) for g in legs], np.int64).reshape(count, width)
         a["columns"] = np.array([list(g.columns) + [g.columns[0]] * (width - len(g.columns)) for g in legs],
@@ -264,7 +264,7 @@ class FootLockRig:
         self.planted_columns = np.array([[contact.index(g.pin) if g.pin in contact else contact.index(g.ankle),
                                           contact.index(g.ankle)] for g in legs], np.int64).reshape(count, 2)
         a.update(cos_sin_one=_COS_SIN_ONE, turn=_TURN, levi=_LEVI_CIVITA.reshape(9, 3), in_plane=_IN_PLANE,
-                 in_plane_one=_IN_PLANE_ONE, quat_w=_QUAT_W, quat_w_one=_QUAT_W_ONE, left_product=_LEFT_PRODUCT,
+                 in_plane_one=_IN_PLANE_ONE, quat_w=_QUAT_W, quat_w_one=_QUAT_W_ONE, product=_PRODUCT,
                  up_cross=_UP_CROSS, spread=_SPREAD, up=np.array([0.0, 1.0, 0.0]), xz=np.array([1.0, 0.0, 1.0]),
                  perpendicular=np.array([[0.0, -1.0], [1.0, 0.0]]), phase=np.array([0.0, np.pi / 2]),
                  to_xz=_SPREAD.T, skew=_LEVI_CIVITA.transpose(1, 0, 2).reshape(3, 9), eye3=np.eye(3),
@@ -288,7 +288,7 @@ class FootLockRig:
 
 def raw_kinematics(kinematics: PoseKinematics, k: SimpleNamespace, rotations: np.ndarray,
                    root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The raw pose's world rotations lock_step reads (B, L, 4, 3, 3) and its joints' world positions (B, J, 3), in
+    """The raw pose's world rotations lock_step reads (B, L, 3, 3, 3) and its joints' world positions (B, J, 3), in
     numpy from local rotations (B, J, 4) and root positions (B, 3) (the step graph hands over its own)."""
     world, positions = kinematics(quat_matrices(rotations.astype(np.float64)), root.astype(np.float64))
     return world[:, k.frames], positions
@@ -297,8 +297,8 @@ def raw_kinematics(kinematics: PoseKinematics, k: SimpleNamespace, rotations: np
 def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, settings):
     """One frame of characters through their foot locks.
 
-    rotations (B, J, 4): the raw local rotations; world (B, L, 4, 3, 3): their world rotations of each leg's hip's
-    parent, hip, knee and ankle; positions (B, J, 3): their joints' world positions; contacts (B, C); state (B, L,
+    rotations (B, J, 4): the raw local rotations; world (B, L, 3, 3, 3): their world rotations of each leg's hip's
+    parent, hip and knee; positions (B, J, 3): their joints' world positions; contacts (B, C); state (B, L,
     STATE_WIDTH); enabled (B,) bool; settings: settings_vector's. k: a FootLockRig's namespace in xp's arrays.
     Returns the shown local rotations (B, J, 4), their world positions (B, J, 3) and the next state. Every step
     is an array operation on the whole batch (it exports to ONNX), written for few of them: at one character
@@ -366,7 +366,7 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     # The ankle's target: the model's foot turned about the pin as held, its pitch eased towards flat within the
     # heel band, moved as held, lifted over the floor and, while a release eases, along a step's arc.
     turn = (xp.cos(held[..., 2:] * k.cos_sin_one[0] - k.cos_sin_one[1]) @ k.turn).reshape(-1, legs, 3, 3)
-    v = (turn @ d[..., None])[..., 0]
+    v = (turn * d[..., None, :]).sum(-1)  # (elementwise: faster than a batch of tiny matmuls)
     rise = d[..., 1:2] - par("flat_rise")
     band = xp.clip(xp.abs(rise) * par("inv_band"), None, 1.0)
     lowered = d[..., 1:2] - (weight * on) * rise * (1.0 - band * band * (3.0 - 2.0 * band))
@@ -380,7 +380,7 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's own; a lock
     # the limit would keep more than RELEASE_SLIP_M off its place lets go and eases out from there.
     wanted = target - hip
-    have, need = norm(ankle - hip), norm(wanted)
+    have, need = xp.clip(norm(ankle - hip), 1e-9, None), xp.clip(norm(wanted), 1e-9, None)
     limit = par("soft") + par("room") * (1.0 - xp.clip(xp.exp((par("soft") - need) / par("room")), None, 1.0))
     reach = xp.minimum(need, xp.maximum(limit, have))
     early = locked & (need - reach > par("slip_m"))
@@ -425,20 +425,22 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
 
     # As changes of the local rotations (seen from each joint's parent): the hip turns as the thigh, the knee as the
     # shin relative to the thigh, the ankle as the foot relative to the shin; quaternions that turn the raw ones.
-    change = xp.concatenate([bends, foot[:, :, None]], 2)
-    parent = xp.concatenate([0.0 * bends[:, :, 0:1] + k.eye3, bends], 2)
-    local = world[:, :, 0:3].swapaxes(-1, -2) @ parent.swapaxes(-1, -2) @ change @ world[:, :, 0:3]
-    quat = local.reshape(-1, legs, 3, 9) @ k.quat_w + k.quat_w_one
-    quat = ((quat / norm(quat)) @ k.left_product).reshape(-1, legs, 3, 4, 4)
-    shown = quat @ rotations[..., k.solved, :].reshape(-1, legs, 3, 4, 1)
-    shown = rotations * k.keep + k.place @ shown.reshape(-1, 3 * legs, 4)
+    # A change R in the world is W^T R W seen from a parent whose world rotation is W: as a quaternion, R's with its
+    # axis turned by W^T.
+    change = xp.concatenate([0.0 * bends[:, :, 0:1] + k.eye3, bends], 2).swapaxes(-1, -2) @ xp.concatenate(
+        [bends, foot[:, :, None]], 2)
+    quat = change.reshape(-1, legs, 3, 9) @ k.quat_w + k.quat_w_one
+    quat = quat / norm(quat)
+    quat = xp.concatenate([(world * quat[..., :3, None]).sum(-2), quat[..., 3:]], -1)
+    quat = quat[..., :, None] * rotations[..., k.solved, :].reshape(-1, legs, 3, 1, 4)
+    shown = rotations * k.keep + k.place @ (quat.reshape(-1, 3 * legs, 16) @ k.product)
 
     # Their world positions: the legs' joints moved (knee, ankle and the joints below it), the others as they were.
-    limbs = (bends @ xp.stack([knee - hip, ankle - knee], -2)[..., None])[..., 0]
+    limbs = (bends * xp.stack([knee - hip, ankle - knee], -2)[..., None, :]).sum(-1)
     knee2 = hip + limbs[:, :, 0]
     ankle2 = knee2 + limbs[:, :, 1]
     below = positions[..., k.below, :]
-    below2 = ankle2[:, :, None] + (below - ankle[:, :, None]) @ foot.swapaxes(-1, -2)
+    below2 = ankle2[:, :, None] + ((below - ankle[:, :, None])[..., None, :] * foot[:, :, None]).sum(-1)
     moved_to = xp.concatenate([(knee2 - knee)[:, :, None], (ankle2 - ankle)[:, :, None], below2 - below], 2)
     positions = positions + k.moved @ moved_to.reshape(-1, legs * moved_to.shape[2], 3)
 

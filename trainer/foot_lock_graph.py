@@ -63,7 +63,7 @@ class LockedStepGraph(nn.Module):
         turn, root = frames[:, 0], positions[:, 0]
         raw = (frames[:, 1:].reshape(-1, self.fk.shape[0]) @ self.fk).reshape(-1, self.fk.shape[1] // 3, 3)
         raw = raw @ turn.transpose(1, 2) + root[:, None]
-        world = turn[:, None, None] @ frames[:, 1 + self.frames].transpose(-1, -2)  # (B, L, 4, 3, 3)
+        world = turn[:, None, None] @ frames[:, 1 + self.frames].transpose(-1, -2)  # (B, L, 3, 3, 3)
         shown, shown_positions, state = lock_step(torch, rig, rotations, world, raw, contacts, foot_lock_state,
                                                   foot_lock_enabled, foot_lock_settings)
         return (*out, shown, shown_positions, state)
