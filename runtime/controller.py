@@ -218,9 +218,10 @@ class Controller:
     def _lock_in_numpy(self, idx: np.ndarray | slice, before: np.ndarray, after: np.ndarray) -> None:
         """The foot lock of characters idx in numpy: shown poses from the latest raw ones, state before -> after."""
         lock, rotations = self._lock, self.state.rotations[idx]
-        world, positions = raw_kinematics(self._kinematics, self._rig, rotations, self._positions[idx, 0])
-        shown, positions, state = lock_step(np, self._rig, rotations, world, positions, self._contacts[idx], before[idx],
-                                            lock.enabled[idx], lock.vector)
+        root = self._positions[idx, :1].astype(np.float64)
+        world, positions = raw_kinematics(self._kinematics, self._rig, rotations, root[:, 0])
+        shown, positions, state = lock_step(np, self._rig, rotations, world, positions, root, self._contacts[idx],
+                                            before[idx], lock.enabled[idx], lock.vector)
         self._shown[idx], self._shown_positions[idx], after[idx] = shown, positions, state
 
     def _sample_latents(self) -> None:

@@ -251,9 +251,8 @@ class FootLockRig:
         self.span = thigh + shin
         # Law of cosines for a hip-to-ankle distance l and thigh and shin lengths t, s in the plane: at the hip (between
         # the line and the thigh) cos = (l^2 + t^2 - s^2) / (2 l t), at the ankle (l^2 + s^2 - t^2) / (2 l s).
-        a["bones_squared"] = np.stack([thigh ** 2, shin ** 2], -1)
         a["thigh_squared"], a["thigh_minus_shin"] = (thigh ** 2)[:, None], (thigh ** 2 - shin ** 2)[:, None]
-        a["cos_top"] = np.stack([thigh ** 2 - shin ** 2, shin ** 2 - thigh ** 2], -1)[:, None, :]
+        a["cos_top"] = np.stack([thigh ** 2 - shin ** 2, shin ** 2 - thigh ** 2], -1)
         # The foot, pin -> ankle: its length (squared, and inverted: 0 for a leg that holds its ankle).
         rest = skeleton.rest_positions()
         foot = np.linalg.norm(rest[a["ankle"]] - rest[a["pin"]], axis=-1)
@@ -288,17 +287,18 @@ class FootLockRig:
 
 def raw_kinematics(kinematics: PoseKinematics, k: SimpleNamespace, rotations: np.ndarray,
                    root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The raw pose's world rotations lock_step reads (B, L, 3, 3, 3) and its joints' world positions (B, J, 3), in
-    numpy from local rotations (B, J, 4) and root positions (B, 3) (the step graph hands over its own)."""
-    world, positions = kinematics(quat_matrices(rotations.astype(np.float64)), root.astype(np.float64))
+    """The raw pose's world rotations lock_step reads (B, L, 3, 3, 3) and its joints' positions relative to the root
+    (B, J, 3), in numpy from local rotations (B, J, 4) and root positions (B, 3) (the step graph hands over its own)."""
+    world, positions = kinematics(quat_matrices(rotations.astype(np.float64)), np.zeros((len(root), 3)))
     return world[:, k.frames], positions
 
 
-def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, settings):
+def lock_step(xp, k, rotations, world, positions, root, contacts, state, enabled, settings):
     """One frame of characters through their foot locks.
 
     rotations (B, J, 4): the raw local rotations; world (B, L, 3, 3, 3): their world rotations of each leg's hip's
-    parent, hip and knee; positions (B, J, 3): their joints' world positions; contacts (B, C); state (B, L,
+    parent, hip and knee; positions (B, J, 3): their joints' world positions less root (B, 1, 3), the root's (so
+    that float32 keeps its precision tens of metres from the origin); contacts (B, C); state (B, L,
     STATE_WIDTH); enabled (B,) bool; settings: settings_vector's. k: a FootLockRig's namespace in xp's arrays.
     Returns the shown local rotations (B, J, 4), their world positions (B, J, 3) and the next state. Every step
     is an array operation on the whole batch (it exports to ONNX), written for few of them: at one character
@@ -306,7 +306,7 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     """
     legs = k.hip.shape[0]
     if legs == 0:
-        return rotations, positions, state
+        return rotations, positions + root, state
     kd = {"keepdims": True} if xp is np else {"keepdim": True}
 
     def norm(a):
@@ -324,14 +324,14 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     on = enabled.reshape(-1, 1, 1)
 
     hip, knee, ankle, pin = (positions[..., getattr(k, name), :] for name in ("hip", "knee", "ankle", "pin"))
-    pin_y = pin[..., 1:2]
+    pin_y = pin[..., 1:2] + root[..., 1:2]  # heights are the world's
     d = ankle - pin  # the foot, pin -> ankle
     flat = xp.clip(norm(d * k.xz), 1e-9, None)
     heading = d[..., 0::2] / flat  # its direction on the ground, (x, z)
 
     # What the model's foot did since the last frame: its pin moved, its heading turned (nothing after a reset).
     valid = st["valid"]
-    step = pin - st["was_pin"]
+    step = pin + root - st["was_pin"]
     turned = xp.arcsin((heading * st["was_heading"]).sum(-1, **kd))  # was_heading: the last heading turned by -90 deg
     moved = xp.concatenate([step[..., 0::2], turned], -1) * valid  # (B, L, 3): x, z, turn
 
@@ -372,7 +372,7 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     lowered = d[..., 1:2] - (weight * on) * rise * (1.0 - band * band * (3.0 - 2.0 * band))
     flat2 = xp.clip(k.foot_squared - lowered * lowered, 1e-12, None) ** 0.5
     v2 = v * (flat2 / flat) * k.xz + lowered * k.up  # the shown foot, pin -> ankle
-    lowest = xp.minimum(xp.amin(positions[..., k.feet, 1], -1, **kd), pin_y + lowered)
+    lowest = xp.minimum(xp.amin(positions[..., k.feet, 1], -1, **kd) + root[..., 1:2], pin_y + lowered)
     floor = xp.clip(par("floor_m") - lowest, 0.0, None) * on
     lift = xp.maximum(par("step_lift") * stride, xp.minimum(stride, par("step_height"))) * (4.0 * done * left * ~locked) ** 2
     target = pin + v2 + held @ k.spread + (floor + lift) * k.up
@@ -392,28 +392,27 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     stride = xp.where(early, norm(held * k.stride_scale), stride)
 
     # Two-bone IK in the leg's plane: the hip-to-ankle line and the plane's normal make a frame (line, toward the
-    # knee, normal) before and after; thigh and shin keep their place in it but for their angles to the line, which
-    # the law of cosines gives for the new length (of their parts in the plane: a knee off the plane stays off it
-    # as far, on both sides, so the ankle stays on the line). The plane is the model's knee's, but where the leg
-    # must bend further out than the model's knee is (a nearly straight leg, whose own plane is noise) the foot's
-    # plane makes up the difference; the leg is never twisted about its line, so the knee does not flip.
-    thigh = knee - hip
+    # knee, normal) before and after; thigh and shin keep their place in it but for their angles to the line: as
+    # the raw leg has them, then as the law of cosines gives them for the new length (of their parts in the plane:
+    # a knee off the plane stays off it as far, on both sides, so the ankle stays on the line). The plane is the
+    # model's knee's, but where the leg must bend further out than the model's knee is (a nearly straight leg,
+    # whose own plane is noise) the foot's plane makes up the difference; the leg is never twisted about its line.
+    limbs = xp.stack([knee - hip, ankle - knee], -2)  # thigh, shin
     line, line2 = (ankle - hip) / have, wanted / need
-    planes = cross(line[..., None, :], xp.stack([thigh, d], -2), 2)  # line x thigh, line x foot
+    planes = cross(line[..., None, :], xp.stack([limbs[..., 0, :], d], -2), 2)  # line x thigh, line x foot
     along = (reach * reach + k.thigh_minus_shin) / (2.0 * reach)  # the knee's place along the new line
     out = xp.clip(k.thigh_squared - along * along, STRAIGHT_M * STRAIGHT_M, None) ** 0.5  # and off it
     normal = planes[..., 0, :] + (xp.clip(out - norm(planes[..., 0, :]), 0.0, None) * par("pole")) * planes[..., 1, :]
     normal = normal / xp.clip(norm(normal), 1e-12, None)
-    off = (thigh * normal).sum(-1, **kd)
-    inplane = xp.clip(k.bones_squared - off * off, 1e-12, None) ** 0.5  # (B, L, 2): thigh's, shin's
-    lengths = xp.concatenate([have, reach], -1)[..., None]  # (B, L, 2, 1): now, wanted
-    angles = xp.arccos(xp.clip((lengths * lengths + k.cos_top) / (2.0 * lengths * inplane[..., None, :]), -1.0, 1.0))
-    spins = (angles[..., 1, :] - angles[..., 0, :]) * k.bend_sign  # the thigh's and the shin's turns in the plane
-    spins = (xp.cos(spins[..., None] - k.phase) @ k.in_plane + k.in_plane_one).reshape(-1, legs, 2, 3, 3)
     normal2 = normal - (normal * line2).sum(-1, **kd) * line2
     normals = xp.stack([normal, normal2 / xp.clip(norm(normal2), 1e-12, None)], -2)
     lines = xp.stack([line, line2], -2)
     frames = xp.stack([lines, cross(normals, lines, 2), normals], -2)  # (B, L, 2, 3, 3): rows, before and after
+    inplane = (limbs[..., None, :] * frames[:, :, :1, :2]).sum(-1)  # (B, L, 2, 2): limbs' (line, side) coordinates
+    size = norm(inplane)  # (B, L, 2, 1): their lengths in the plane
+    spins = (xp.arccos(xp.clip((reach * reach + k.cos_top) / (2.0 * reach * size[..., 0]), -1.0, 1.0)) * k.bend_sign
+             - 2.0 * xp.arctan(inplane[..., 1] / xp.clip(size[..., 0] + inplane[..., 0], 1e-12, None)))
+    spins = (xp.cos(spins[..., None] - k.phase) @ k.in_plane + k.in_plane_one).reshape(-1, legs, 2, 3, 3)
     bends = frames[:, :, 1:2].swapaxes(-1, -2) @ spins @ frames[:, :, 0:1]  # their turns in the world
 
     # The foot's turn in the world: about the vertical as held, then pitched about the horizontal through the pin
@@ -436,15 +435,15 @@ def lock_step(xp, k, rotations, world, positions, contacts, state, enabled, sett
     shown = rotations * k.keep + k.place @ (quat.reshape(-1, 3 * legs, 16) @ k.product)
 
     # Their world positions: the legs' joints moved (knee, ankle and the joints below it), the others as they were.
-    limbs = (bends * xp.stack([knee - hip, ankle - knee], -2)[..., None, :]).sum(-1)
+    limbs = (bends * limbs[..., None, :]).sum(-1)
     knee2 = hip + limbs[:, :, 0]
     ankle2 = knee2 + limbs[:, :, 1]
     below = positions[..., k.below, :]
     below2 = ankle2[:, :, None] + ((below - ankle[:, :, None])[..., None, :] * foot[:, :, None]).sum(-1)
     moved_to = xp.concatenate([(knee2 - knee)[:, :, None], (ankle2 - ankle)[:, :, None], below2 - below], 2)
-    positions = positions + k.moved @ moved_to.reshape(-1, legs * moved_to.shape[2], 3)
+    positions = positions + k.moved @ moved_to.reshape(-1, legs * moved_to.shape[2], 3) + root
 
     flags = xp.where(xp.concatenate([locked, disarmed], -1), 1.0, 0.0)
-    state = xp.concatenate([flags, left, weight, ground, stride, held, fades, pin, heading @ k.perpendicular,
+    state = xp.concatenate([flags, left, weight, ground, stride, held, fades, pin + root, heading @ k.perpendicular,
                             0.0 * left + 1.0], -1)
     return shown, positions, state

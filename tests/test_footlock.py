@@ -49,8 +49,8 @@ class Lock:
     def __call__(self, rotations, root, contacts):
         """Shown rotations and positions of one raw frame."""
         world, positions = raw_kinematics(self.kinematics, self.k, rotations, root)
-        shown, positions, self.state = lock_step(np, self.k, rotations, world, positions, contacts, self.state,
-                                                 self.enabled, self.vector)
+        shown, positions, self.state = lock_step(np, self.k, rotations, world, positions, root[:, None], contacts,
+                                                 self.state, self.enabled, self.vector)
         return shown, positions
 
     def field(self, name: str) -> np.ndarray:
@@ -247,8 +247,9 @@ def test_the_exported_step_graph_locks_feet_as_numpy_does(model_dir):
     for _ in range(150):
         before = ctrl.foot_lock.state.copy()
         p = ctrl.step()
-        world, positions = raw_kinematics(kinematics, k, ctrl.state.rotations, ctrl._positions[:, 0])
-        shown, positions, state = lock_step(np, k, ctrl.state.rotations, world, positions, p.contacts, before,
+        root = p.root_position[:, None].astype(np.float64)
+        world, positions = raw_kinematics(kinematics, k, ctrl.state.rotations, root[:, 0])
+        shown, positions, state = lock_step(np, k, ctrl.state.rotations, world, positions, root, p.contacts, before,
                                             ctrl.foot_lock.enabled, ctrl.foot_lock.vector)
         keep = ~p.reset  # a character the divergence guard put back was shown by numpy itself
         worst = np.maximum(worst, [np.abs(shown - p.local_rotations)[keep].max(initial=0),

@@ -40,8 +40,9 @@ class LockedStepGraph(nn.Module):
             value = np.asarray(value)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.long if value.dtype.kind in "iu"
                                                        else torch.float32))
-        # The raw pose's joint positions from the step's frames in one matmul: each joint's offset from its parent,
-        # turned by the parent's orientation, summed along its chain (character frame), then turned by the yaw.
+        # The raw pose's joint positions relative to the root from the step's frames in one matmul: each joint's
+        # offset from its parent, turned by the parent's orientation, summed along its chain (character frame),
+        # then turned by the yaw.
         j, parents = skeleton.n_joints, skeleton.parents
         fk = np.zeros((j, 3, 3, j, 3))  # [parent, row, column] of the frames -> [joint, axis]
         chain = np.eye(j)
@@ -62,10 +63,10 @@ class LockedStepGraph(nn.Module):
         rig = SimpleNamespace(**{name: getattr(self, name) for name in self._names})
         turn, root = frames[:, 0], positions[:, 0]
         raw = (frames[:, 1:].reshape(-1, self.fk.shape[0]) @ self.fk).reshape(-1, self.fk.shape[1] // 3, 3)
-        raw = raw @ turn.transpose(1, 2) + root[:, None]
+        raw = raw @ turn.transpose(1, 2)  # relative to the root
         world = turn[:, None, None] @ frames[:, 1 + self.frames].transpose(-1, -2)  # (B, L, 3, 3, 3)
-        shown, shown_positions, state = lock_step(torch, rig, rotations, world, raw, contacts, foot_lock_state,
-                                                  foot_lock_enabled, foot_lock_settings)
+        shown, shown_positions, state = lock_step(torch, rig, rotations, world, raw, root[:, None], contacts,
+                                                  foot_lock_state, foot_lock_enabled, foot_lock_settings)
         return (*out, shown, shown_positions, state)
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
