@@ -74,7 +74,7 @@ class FootLockSettings:
     blend_frames: int = 6  # frames over which a released lock's correction fades out
     reach: float = 0.97  # fraction of thigh + shin past which a lock's target is softly limited
     step_lift: float = 0.25  # a release lifts the foot by this times the distance it catches up, at mid-fade
-    step_height: float = 0.03  # and by at least this much (metres), or that distance when it is shorter
+    step_height: float = 0.05  # and by at least this much (metres), or that distance when it is shorter
     heel_band: float = 0.03  # metres of heel rise or drop from flat within which the shown heel eases to flat
     floor_m: float = 0.0  # height below which no contact joint is shown
     planted_m: tuple[float, ...] | None = None  # each contact joint's height over floor_m when planted (None: the model's)
