@@ -287,17 +287,18 @@ class FootLockRig:
 
 def raw_kinematics(kinematics: PoseKinematics, k: SimpleNamespace, rotations: np.ndarray,
                    root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The raw pose's world rotations lock_step reads (B, L, 3, 3, 3) and its joints' positions relative to the root
-    (B, J, 3), in numpy from local rotations (B, J, 4) and root positions (B, 3) (the step graph hands over its own)."""
+    """The raw pose's world rotations lock_step reads (B, L, 3, 3, 3, transposed) and its joints' positions relative
+    to the root (B, J, 3), in numpy from local rotations (B, J, 4) and root positions (B, 3) (the step graph hands
+    over its own)."""
     world, positions = kinematics(quat_matrices(rotations.astype(np.float64)), np.zeros((len(root), 3)))
-    return world[:, k.frames], positions
+    return world[:, k.frames].swapaxes(-1, -2), positions
 
 
 def lock_step(xp, k, rotations, world, positions, root, contacts, state, enabled, settings):
     """One frame of characters through their foot locks.
 
     rotations (B, J, 4): the raw local rotations; world (B, L, 3, 3, 3): their world rotations of each leg's hip's
-    parent, hip and knee; positions (B, J, 3): their joints' world positions less root (B, 1, 3), the root's (so
+    parent, hip and knee, transposed; positions (B, J, 3): their joints' world positions less root (B, 1, 3), the root's (so
     that float32 keeps its precision tens of metres from the origin); contacts (B, C); state (B, L,
     STATE_WIDTH); enabled (B,) bool; settings: settings_vector's. k: a FootLockRig's namespace in xp's arrays.
     Returns the shown local rotations (B, J, 4), their world positions (B, J, 3) and the next state. Every step
@@ -425,12 +426,12 @@ def lock_step(xp, k, rotations, world, positions, root, contacts, state, enabled
     # As changes of the local rotations (seen from each joint's parent): the hip turns as the thigh, the knee as the
     # shin relative to the thigh, the ankle as the foot relative to the shin; quaternions that turn the raw ones.
     # A change R in the world is W^T R W seen from a parent whose world rotation is W: as a quaternion, R's with its
-    # axis turned by W^T.
+    # axis turned by W^T (world holds the W^T).
     change = xp.concatenate([0.0 * bends[:, :, 0:1] + k.eye3, bends], 2).swapaxes(-1, -2) @ xp.concatenate(
         [bends, foot[:, :, None]], 2)
     quat = change.reshape(-1, legs, 3, 9) @ k.quat_w + k.quat_w_one
     quat = quat / norm(quat)
-    quat = xp.concatenate([(world * quat[..., :3, None]).sum(-2), quat[..., 3:]], -1)
+    quat = xp.concatenate([(world * quat[..., None, :3]).sum(-1), quat[..., 3:]], -1)
     quat = quat[..., :, None] * rotations[..., k.solved, :].reshape(-1, legs, 3, 1, 4)
     shown = rotations * k.keep + k.place @ (quat.reshape(-1, 3 * legs, 16) @ k.product)
 

@@ -64,7 +64,7 @@ class LockedStepGraph(nn.Module):
         turn, root = frames[:, 0], positions[:, 0]
         raw = (frames[:, 1:].reshape(-1, self.fk.shape[0]) @ self.fk).reshape(-1, self.fk.shape[1] // 3, 3)
         raw = raw @ turn.transpose(1, 2)  # relative to the root
-        world = turn[:, None, None] @ frames[:, 1 + self.frames].transpose(-1, -2)  # (B, L, 3, 3, 3)
+        world = frames[:, 1 + self.frames] @ turn.transpose(1, 2)[:, None, None]  # (B, L, 3, 3, 3): W^T
         shown, shown_positions, state = lock_step(torch, rig, rotations, world, raw, root[:, None], contacts,
                                                   foot_lock_state, foot_lock_enabled, foot_lock_settings)
         return (*out, shown, shown_positions, state)
