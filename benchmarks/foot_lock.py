@@ -247,8 +247,8 @@ def report_cost(model: MotionModel, work: Path, seconds: float) -> None:
     if model.foot_lock_in_graph:
         bare = without_lock(model, work / f"{model.name}-without-lock")
         models = {"without": (bare, False), "graph": (model, True), "numpy": (bare, True)}
-        print(f"\ncost of Controller.step, model {model.name!r} (ms, stepped in turn): without the lock (its step graph "
-              "cut before it), with the lock in the step graph, and with the lock in numpy after the cut graph")
+        print(f"\ncost of Controller.step, model {model.name!r} (ms, stepped in turn): without the lock (its step "
+              "graph cut before it), with the lock in the step graph, and with the lock in numpy after the cut graph")
     else:
         models = {"without": (model, False), "numpy": (model, True)}
         print(f"\ncost of Controller.step, model {model.name!r} (ms, stepped in turn): its step graph has no foot lock "

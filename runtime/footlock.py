@@ -14,18 +14,19 @@ pin), with state per character and leg:
 - Lock: when the leg's contact (the largest of its contact joints' values) rises to `contact_on`, or, once it
   is past `contact_off`, when the pin is planted by the rule runtime.contacts measures with (within
   CONTACT_HEIGHT_M of its planted height, moving vertically slower than CONTACT_VERTICAL_MPS), so a foot the
-  model lands before its contact is on is held from its first still frame. The foot is held where it was shown the frame before, so the frame a
-  lock starts does not slide either. Release when the contact falls below `contact_off` (hysteresis), or
-  when the model lifts the pin RELEASE_RISE_M above where it was planted (the model's contacts lag behind
-  toe-off).
+  model lands before its contact is on is held from its first still frame. The foot is held where it was shown
+  the frame before, so the frame a lock starts does not slide either. Release when the contact falls below
+  `contact_off` (hysteresis), or when the model lifts the pin RELEASE_RISE_M above where it was planted (the
+  model's contacts lag behind toe-off).
 - Hold: while locked the pin stays where it was on the ground plane and the foot keeps its heading; its
   height follows the model's. The foot's pitch about the pin follows the model's too, except near the flat
   foot: there the model's heel wobbles, and a held toe would turn that into heel sliding, so within
   `heel_band` of flat (the ankle's planted height over the pin's) the shown heel eases from flat onto the
   model's (at most 0.26 x heel_band apart).
 - Solve: hip and knee are turned by analytic two-bone IK so the ankle reaches its held place, in the bend
-  plane of the model's own knee (the foot's direction decides only for a leg straight to within STRAIGHT_M),
-  so the knee never flips; the ankle's local rotation is rewritten so the foot keeps its world orientation.
+  plane of the model's own knee (tilted towards the foot's where a nearly straight leg must bend further out
+  than its knee is, by STRAIGHT_M at least), never twisting the leg about its hip-ankle line; the ankle's local
+  rotation is rewritten so the foot keeps its world orientation.
 - Release: the foot eases onto the model's over `blend_frames`: a cubic in the held offset and turn, from
   where it was last held to the model's foot, arriving at rest relative to it, lifted along a step's arc
   (`step_lift` x the distance it catches up, and at least `step_height` or that distance, whichever is
@@ -77,11 +78,12 @@ class FootLockSettings:
     step_height: float = 0.05  # and by at least this much (metres), or that distance when it is shorter
     heel_band: float = 0.03  # metres of heel rise or drop from flat within which the shown heel eases to flat
     floor_m: float = 0.0  # height below which no contact joint is shown
-    planted_m: tuple[float, ...] | None = None  # each contact joint's height over floor_m when planted (None: the model's)
+    planted_m: tuple[float, ...] | None = None  # contact joints' heights over floor_m when planted (None: the model's)
 
     def __post_init__(self) -> None:
         if not self.contact_off < self.contact_on:
-            raise ValueError(f"foot lock: contact_off ({self.contact_off}) must be below contact_on ({self.contact_on})")
+            raise ValueError(f"foot lock: contact_off ({self.contact_off}) must be below contact_on "
+                             f"({self.contact_on})")
         if int(self.blend_frames) != self.blend_frames or self.blend_frames < 1:
             raise ValueError(f"foot lock: blend_frames must be a whole number of at least 1, got {self.blend_frames}")
         if not 0.5 <= self.reach < 1.0:
@@ -208,7 +210,8 @@ _QUAT_W_ONE = np.array([0.0, 0.0, 0.0, 1.0])
 # (a outer b), flattened, @ _PRODUCT = a (x) b, the Hamilton product of quaternions (x, y, z, w).
 _PRODUCT = np.zeros((16, 4))
 for _r, _row in enumerate([[(3, 0, 1), (0, 3, 1), (1, 2, 1), (2, 1, -1)], [(3, 1, 1), (1, 3, 1), (2, 0, 1), (0, 2, -1)],
-                           [(3, 2, 1), (2, 3, 1), (0, 1, 1), (1, 0, -1)], [(3, 3, 1), (0, 0, -1), (1, 1, -1), (2, 2, -1)]]):
+                           [(3, 2, 1), (2, 3, 1), (0, 1, 1), (1, 0, -1)],
+                           [(3, 3, 1), (0, 0, -1), (1, 1, -1), (2, 2, -1)]]):
     for _i, _j, _v in _row:
         _PRODUCT[4 * _i + _j, _r] = _v
 # up x v = v @ _UP_CROSS; [x, z, turn] @ _SPREAD = (x, 0, z).
@@ -221,7 +224,7 @@ class FootLockRig:
 
     def __init__(self, skeleton: Skeleton, layout: FeatureLayout) -> None:
         self.legs = legs = find_legs(skeleton, layout)
-        self.n_legs, self.n_joints, self.n_contacts = len(legs), skeleton.n_joints, len(layout.contact_joints)
+        self.n_legs = len(legs)
         count, j = len(legs), skeleton.n_joints
         contact = [skeleton.index(n) for n in layout.contact_joints]
         width = max([len(leg.feet) for leg in legs], default=1)
@@ -233,11 +236,13 @@ class FootLockRig:
         # The raw pose's world rotations the lock reads: the hip's parent's, the hip's and the knee's.
         a["frames"] = np.array([[skeleton.parents[g.hip], g.hip, g.knee] for g in legs], np.int64).reshape(count, 3)
         # Legs with fewer contact joints repeat their ankle: a copy changes neither the contact's max nor the floor.
-        a["feet"] = np.array([list(g.feet) + [g.ankle] * (width - len(g.feet)) for g in legs], np.int64).reshape(count, width)
+        a["feet"] = np.array([list(g.feet) + [g.ankle] * (width - len(g.feet)) for g in legs],
+                             np.int64).reshape(count, width)
         a["columns"] = np.array([list(g.columns) + [g.columns[0]] * (width - len(g.columns)) for g in legs],
                                 np.int64).reshape(count, width)
         # The joints that turn with the foot (below the ankle), padded with the pin; their weight 0 marks padding.
-        a["below"] = np.array([b + [g.pin] * (deep - len(b)) for g, b in zip(legs, below)], np.int64).reshape(count, deep)
+        a["below"] = np.array([b + [g.pin] * (deep - len(b)) for g, b in zip(legs, below)],
+                              np.int64).reshape(count, deep)
         # shown = raw * keep + place @ [hip, knee, ankle] per leg; positions += moved @ [knee, ankle, below...] per leg.
         solved = np.array([[g.hip, g.knee, g.ankle] for g in legs], np.int64).reshape(-1)
         a["solved"], a["keep"], a["place"] = solved, np.ones((j, 1)), np.zeros((j, len(solved)))
@@ -298,8 +303,8 @@ def lock_step(xp, k, rotations, world, positions, root, contacts, state, enabled
     """One frame of characters through their foot locks.
 
     rotations (B, J, 4): the raw local rotations; world (B, L, 3, 3, 3): their world rotations of each leg's hip's
-    parent, hip and knee, transposed; positions (B, J, 3): their joints' world positions less root (B, 1, 3), the root's (so
-    that float32 keeps its precision tens of metres from the origin); contacts (B, C); state (B, L,
+    parent, hip and knee, transposed; positions (B, J, 3): their joints' world positions less root (B, 1, 3), the
+    root's (so that float32 keeps its precision tens of metres from the origin); contacts (B, C); state (B, L,
     STATE_WIDTH); enabled (B,) bool; settings: settings_vector's. k: a FootLockRig's namespace in xp's arrays.
     Returns the shown local rotations (B, J, 4), their world positions (B, J, 3) and the next state. Every step
     is an array operation on the whole batch (it exports to ONNX), written for few of them: at one character
@@ -360,7 +365,8 @@ def lock_step(xp, k, rotations, world, positions, root, contacts, state, enabled
     left = xp.where(released, 1.0 - par("per_frame"), left)
     done = 1.0 - left
     ease = 1.0 - done * done * (1.0 + 2.0 * left)
-    held = xp.where(locked, held - moved, fades[..., :3] * ease + fades[..., 3:] * (par("blend_frames") * done * left * left))
+    push = par("blend_frames") * done * left * left
+    held = xp.where(locked, held - moved, fades[..., :3] * ease + fades[..., 3:] * push)
     weight = xp.where(locked, 1.0, ease)
     stride = xp.where(released, norm(fades[..., :3] * k.stride_scale), st["stride"])
 
@@ -375,7 +381,8 @@ def lock_step(xp, k, rotations, world, positions, root, contacts, state, enabled
     v2 = v * (flat2 / flat) * k.xz + lowered * k.up  # the shown foot, pin -> ankle
     lowest = xp.minimum(xp.amin(positions[..., k.feet, 1], -1, **kd) + root[..., 1:2], pin_y + lowered)
     floor = xp.clip(par("floor_m") - lowest, 0.0, None) * on
-    lift = xp.maximum(par("step_lift") * stride, xp.minimum(stride, par("step_height"))) * (4.0 * done * left * ~locked) ** 2
+    arc = 4.0 * done * left * ~locked
+    lift = xp.maximum(par("step_lift") * stride, xp.minimum(stride, par("step_height"))) * arc * arc
     target = pin + v2 + held @ k.spread + (floor + lift) * k.up
 
     # Reach: past reach x span the distance asked of the leg is softly limited, never below the model's own; a lock

@@ -209,8 +209,8 @@ def _check_foot_lock(sess, path: Path, meta: dict, skeleton: Skeleton, layout: F
         return False
     version = (meta.get("foot_lock") or {}).get("version")
     if version != FOOT_LOCK_VERSION:
-        raise model_error(path, f"its foot lock is version {version} but this runtime's is {FOOT_LOCK_VERSION}; re-export the "
-                                "model with this toolkit (python -m trainer.export)")
+        raise model_error(path, f"its foot lock is version {version} but this runtime's is {FOOT_LOCK_VERSION}; "
+                                "re-export the model with this toolkit (python -m trainer.export)")
     _check_io(sess, path, {"foot_lock_state": STATE_WIDTH, "foot_lock_enabled": None,
                            "foot_lock_settings": len(PARAMS) * len(find_legs(skeleton, layout))},
               {"shown_rotations": 4, "shown_positions": 3, "next_foot_lock_state": STATE_WIDTH})

@@ -113,7 +113,7 @@ def test_a_sliding_foot_is_pinned_by_the_leg(model, stance):
     heel = horizontal(shown[:, LEFT_FOOT])
     assert np.abs(heel - heel[0]).max() < 1e-3, "the planted heel moved"
     skeleton = model.skeleton
-    assert np.abs(positions_of(model, rots, shown[:, 0]) - shown).max() < 1e-6, "positions are not the FK of the rotations"
+    assert np.abs(positions_of(model, rots, shown[:, 0]) - shown).max() < 1e-6, "positions are not the rotations' FK"
     # The leg bends more as the body passes over the foot; the knee stays on the model's side.
     hip, knee, ankle = shown[:, 14], shown[:, 15], shown[:, 16]
     raw_normal = np.cross(raw[:, 16] - raw[:, 14], raw[:, 15] - raw[:, 14])
@@ -252,9 +252,10 @@ def test_the_exported_step_graph_locks_feet_as_numpy_does(model_dir):
         shown, positions, state = lock_step(np, k, ctrl.state.rotations, world, positions, root, p.contacts, before,
                                             ctrl.foot_lock.enabled, ctrl.foot_lock.vector)
         keep = ~p.reset  # a character the divergence guard put back was shown by numpy itself
+        # (the heading's direction, taken from a foot seen nearly end-on, is ill-conditioned: not compared)
+        steady = np.abs(state - ctrl.foot_lock.state)[keep][..., :STATE["was_heading"].start]
         worst = np.maximum(worst, [np.abs(shown - p.local_rotations)[keep].max(initial=0),
-                                   np.abs(positions - p.positions)[keep].max(initial=0),
-                                   np.abs(state - ctrl.foot_lock.state)[keep][..., :STATE["was_heading"].start].max(initial=0)])
+                                   np.abs(positions - p.positions)[keep].max(initial=0), steady.max(initial=0)])
         fk = positions_of(model, p.local_rotations, p.root_position)
         assert np.abs(fk - p.positions).max() < 1e-5
     assert worst.max() < 1e-3, f"graph and numpy differ by {worst}"
