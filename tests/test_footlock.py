@@ -258,7 +258,7 @@ def test_the_exported_step_graph_locks_feet_as_numpy_does(model_dir):
                                    np.abs(positions - p.positions)[keep].max(initial=0), steady.max(initial=0)])
         fk = positions_of(model, p.local_rotations, p.root_position)
         assert np.abs(fk - p.positions).max() < 1e-5
-    assert worst.max() < 1e-3, f"graph and numpy differ by {worst}"
+    assert (worst < [1e-4, 1e-4, 1e-3]).all(), f"graph and numpy differ by {worst} (rotations, positions, state)"
     assert ctrl.foot_lock.locked[:5].any(), "nothing was locked"
     assert not ctrl.foot_lock.locked[5].any() and np.abs(ctrl.foot_lock.held[5]).max() == 0.0
     # Switched off, a character's graph output is its raw pose once its fade has run out.
