@@ -210,13 +210,11 @@ def measure(model: MotionModel, mocap: Mocap, run: dict[str, np.ndarray]) -> dic
 
 def without_lock(model: MotionModel, folder: Path) -> MotionModel:
     """The model with its step graph cut before the foot lock: the step as exported before the lock was in it."""
-    import onnx
-
+    from trainer.foot_lock_graph import step_only
     from trainer.step_graph import INPUTS, OUTPUTS
 
     folder.mkdir(parents=True)
-    graph = onnx.utils.Extractor(onnx.load(str(model.path / "decoder.onnx"))).extract_model(INPUTS, OUTPUTS)
-    onnx.save(graph, str(folder / "decoder.onnx"))
+    (folder / "decoder.onnx").write_bytes(step_only(model.path / "decoder.onnx"))
     meta = {**model.meta, "policies": {}}
     meta.pop("foot_lock")
     meta["files"] = {"decoder.onnx": {"sha256": sha256_file(folder / "decoder.onnx"), "inputs": INPUTS,

@@ -20,9 +20,10 @@ from torch import nn
 from runtime.contacts import foot_floor
 from runtime.features import FeatureLayout
 from runtime.footlock import PARAMS, STATE_WIDTH, VERSION, FootLockRig, contact_heights, find_legs, lock_step
+from runtime.model import MotionModel, onnx_session
 from runtime.skeleton import Skeleton
 
-from .step_graph import StepGraph
+from .step_graph import INPUTS, OUTPUTS, StepGraph
 
 LOCK_INPUTS = ["foot_lock_state", "foot_lock_enabled", "foot_lock_settings"]
 LOCK_OUTPUTS = ["shown_rotations", "shown_positions", "next_foot_lock_state"]
@@ -94,3 +95,20 @@ def foot_lock_meta(skeleton: Skeleton, layout: FeatureLayout, planted: np.ndarra
     return {"version": VERSION, "state_width": STATE_WIDTH, "parameters": list(PARAMS),
             "legs": [[names[g.hip], names[g.knee], names[g.ankle], names[g.pin]] for g in find_legs(skeleton, layout)],
             "planted_m": [round(float(h), 6) for h in planted]}
+
+
+def step_only(path: Path) -> bytes:
+    """A decoder.onnx cut before its foot lock (the step as exported before the lock was in it), serialised."""
+    import onnx
+
+    return onnx.utils.Extractor(onnx.load(str(path))).extract_model(INPUTS, OUTPUTS).SerializeToString()
+
+
+def step_session(model: MotionModel, threads: int = 1) -> object:
+    """An onnxruntime session of the model's step without its foot lock (the model's own when it has none): for
+    stepping characters nobody looks at, such as a policy's training environments."""
+    if not model.foot_lock_in_graph:
+        return model.decoder
+    path = model.path / "decoder.onnx"
+    return onnx_session(path, "cuda" if "CUDAExecutionProvider" in model.providers else "cpu", threads,
+                        step_only(path))[0]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.footlock import idle_lock_inputs
 from runtime.model import MotionModel, load_model
 
 from ..checkpoint import LoadedRun, load_run
+from ..foot_lock_graph import step_session
 from ..step_graph import OUTPUTS, StepGraph
 
 
@@ -37,18 +37,16 @@ class Stepper:
 
 
 class OnnxStepper(Stepper):
-    """The model directory's decoder.onnx through onnxruntime (CPU): bit-for-bit the runtime's step."""
+    """The model directory's decoder.onnx through onnxruntime (CPU): bit-for-bit the runtime's step (without the
+    foot lock, which changes only what is shown)."""
 
     def __init__(self, model: MotionModel, device: torch.device) -> None:
         super().__init__(model, device)
-        self._idle: dict[int, dict[str, np.ndarray]] = {}  # the foot lock's inputs (it locks nothing here), per batch
+        self.session = step_session(model)
 
     def __call__(self, z, condition, origin, yaw, rotations):
         feed = {"z": z, "condition": condition, "origin": origin, "yaw": yaw, "previous_rotations": rotations}
-        feed = {k: v.detach().cpu().numpy() for k, v in feed.items()}
-        if len(z) not in self._idle:
-            self._idle[len(z)] = idle_lock_inputs(self.model, len(z))
-        out = self.model.decoder.run(OUTPUTS, {**feed, **self._idle[len(z)]})
+        out = self.session.run(OUTPUTS, {k: v.detach().cpu().numpy() for k, v in feed.items()})
         return {k: torch.from_numpy(v).to(self.device) for k, v in zip(OUTPUTS, out)}
 
 
