@@ -30,8 +30,10 @@ IMPORTED_PACKAGES = ("runtime", "trainer", "godot_bridge")  # dotted names under
 SHELL_STOPS = ("|", "||", "&&", ";", "&")
 FILE_SUFFIXES = (".md", ".sh", ".py", ".gd", ".toml", ".cfg", ".tscn", ".godot")  # a bare name like these is a claim
 NEEDS = "# needs:"  # first line of a Python example that cannot run on its own (it names what it needs)
+SHELL_FENCES = ("", "bash", "sh", "shell", "console")  # other fenced blocks (text, toml, json) hold no commands
+QUOTED = ("error:", "note:")  # an inline span quoting what a command printed is not a command
 
-PYTHON = re.compile(r"(?:^|(?<=[\s(`]))(?:\S*/)?python3?(?:\.\d+)?\s+(?P<what>-m\s+[\w.]+|[\w./-]+\.py)(?P<rest>.*)")
+PYTHON = re.compile(r"(?:^|(?<=[\s(`]))(?:\S*/)?python3?(?:\.\d+)?\s+(?P<what>-m\s+[\w.]+|[\w./-]+\.py)(?=\s|$)(?P<rest>.*)")
 BASH = re.compile(r"(?:^|(?<=[\s(`]))bash\s+(?P<script>[\w./-]+\.sh)(?P<rest>.*)")
 FENCE = re.compile(r"^\s*```(?P<lang>\S*)")
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -60,7 +62,7 @@ def snippets(text: str) -> list[Snippet]:
         elif fence:
             if lang == "python":
                 found.append(Snippet("python", "\n".join(block), start))
-            else:
+            elif lang in SHELL_FENCES:
                 found += [Snippet("shell", cmd, n) for cmd, n in _joined(block, start)]
             block = None
         elif block is not None:
@@ -68,7 +70,7 @@ def snippets(text: str) -> list[Snippet]:
         else:
             if line.startswith("    ") and re.match(r"\s*(\S*python|nice |bash |OUT=)", line):
                 found.append(Snippet("shell", line.strip(), i))  # an indented code block
-            found += [Snippet("inline", m[1], i) for m in INLINE.finditer(line)]
+            found += [Snippet("inline", m[1], i) for m in INLINE.finditer(line) if not m[1].startswith(QUOTED)]
     return found
 
 
@@ -426,7 +428,13 @@ python -m trainer.export --name x   # --out and run are missing
 python -m runtime.bake ok.npz --frames 10 --seed 3 | tail -1   # fine
 ```
 
+```text
+python -m runtime.bake diagram --not-a-command
+```
+
 Inline: `python -m runtime.tokens encode --bogus`, `python -m trainer.export` (a mention: fine),
+`error: python -m trainer.train needs torch` and `python -m runtime.bake: error: unrecognized arguments: --x`
+(quoted output: fine),
 `runtime/no_such_file.py`, `runtime/bake.py` (fine), `tests/test_fuzz_*.py` (fine), `models/walk` (a user's),
 `runtime.model.no_such_function`, `runtime.model.load_model` (fine), `NOSUCH.md`.
 [a dead link](docs/nowhere.md), [a dead anchor](#imaginary), [a live anchor](#real-heading),
@@ -447,7 +455,7 @@ def test_the_checker_catches_what_it_should(tmp_path):
                      "#imaginary: no heading with that anchor"):
         assert expected in found, f"missing {expected!r} in:\n{found}"
     for fine in ("tail", "runtime/bake.py`", "test_fuzz_", "models/walk", "load_model", "real-heading",
-                 "example.com", "python -m trainer.export`"):
+                 "example.com", "trainer.export :", "diagram", "needs torch", "--x"):
         assert fine not in found, f"{fine!r} was reported:\n{found}"
     assert len(doc_problems(doc)) == 14
 
