@@ -36,7 +36,7 @@ QUOTED = ("error:", "note:")  # an inline span quoting what a command printed is
 PYTHON = re.compile(r"(?:^|(?<=[\s(`]))(?:\S*/)?python3?(?:\.\d+)?\s+(?P<what>-m\s+[\w.]+|[\w./-]+\.py)(?=\s|$)(?P<rest>.*)")
 BASH = re.compile(r"(?:^|(?<=[\s(`]))bash\s+(?P<script>[\w./-]+\.sh)(?P<rest>.*)")
 FENCE = re.compile(r"^\s*```(?P<lang>\S*)")
-INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+INLINE = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 LINK = re.compile(r"!?\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 PATH = re.compile(r"^[\w.~-]+(?:/[\w.*<>-]*)*$")
 DOTTED = re.compile(rf"^(?:{'|'.join(OUR_PACKAGES)})(?:\.\w+)+$")
@@ -52,11 +52,14 @@ class Snippet:
 
 
 def snippets(text: str) -> list[Snippet]:
-    """The code of a Markdown page: fenced blocks, indented command lines and inline spans (outside fences)."""
-    found, block, lang, start = [], None, "", 0
-    lines = text.splitlines()
-    for i, line in enumerate(lines, 1):
+    """The code of a Markdown page: fenced blocks, indented command lines, and inline spans outside fences
+    (a span may run over a line break, as Markdown allows within a paragraph)."""
+    found, block, lang, start, para = [], None, "", 0, []
+    for i, line in enumerate(text.splitlines(), 1):
         fence = FENCE.match(line)
+        if fence or not line.strip():
+            found += _spans(para)
+            para = []
         if fence and block is None:
             block, lang, start = [], fence["lang"], i + 1
         elif fence:
@@ -67,11 +70,20 @@ def snippets(text: str) -> list[Snippet]:
             block = None
         elif block is not None:
             block.append(line)
-        else:
+        elif line.strip():
             if line.startswith("    ") and re.match(r"\s*(\S*python|nice |bash |OUT=)", line):
                 found.append(Snippet("shell", line.strip(), i))  # an indented code block
-            found += [Snippet("inline", m[1], i) for m in INLINE.finditer(line) if not m[1].startswith(QUOTED)]
-    return found
+            para.append((i, line))
+    return found + _spans(para)
+
+
+def _spans(para: list[tuple[int, str]]) -> list[Snippet]:
+    """The inline code spans of a paragraph's (line number, text) lines, line breaks inside a span made spaces."""
+    if not para:
+        return []
+    text = "\n".join(line for _, line in para)
+    return [Snippet("inline", " ".join(m[1].split()), para[0][0] + text.count("\n", 0, m.start()))
+            for m in INLINE.finditer(text) if not m[1].lstrip().startswith(QUOTED)]
 
 
 def _joined(lines: list[str], start: int) -> list[tuple[str, int]]:
@@ -142,13 +154,13 @@ def _error(self, message):
     raise _Refused(message)
 
 
-def _actions(parser: argparse.ArgumentParser):
-    """Every argument of a parser and of its subcommands."""
+def _parsers(parser: argparse.ArgumentParser):
+    """A parser and its subcommands' parsers."""
+    yield parser
     for action in parser._actions:
-        yield action
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                yield from _actions(sub)
+                yield from _parsers(sub)
 
 
 def refusal(parser: argparse.ArgumentParser, argv: list[str], strict: bool = True) -> str | None:
@@ -156,12 +168,13 @@ def refusal(parser: argparse.ArgumentParser, argv: list[str], strict: bool = Tru
 
     Not strict, required arguments may be left out (a mention in prose), but what is given must parse.
     """
-    optional = [a for a in _actions(parser) if a.required] if not strict else []
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
         mp.setattr(argparse.ArgumentParser, "exit", _exit)
         mp.setattr(argparse.ArgumentParser, "error", _error)
-        for action in optional:
-            mp.setattr(action, "required", False)
+        for p in _parsers(parser):
+            mp.setattr(p, "allow_abbrev", False)  # docs spell options out: --frame would only work by luck
+            for action in p._actions if not strict else ():
+                mp.setattr(action, "required", False)
         try:
             parser.parse_args(argv)
         except _Helped:
@@ -418,6 +431,7 @@ BROKEN = """# A page
 ```bash
 .venv/bin/python -m runtime.bake clip.npz --frames 10 --no-such-option 3
 python -m runtime.bake clip.npz --providers tpu
+python -m runtime.bake clip.npz --frame 3   # an abbreviation works in argparse, by luck
 python -m runtime.nope clip.npz
 python -m runtime.bake clip.npz \\
     --frames ten
@@ -434,7 +448,8 @@ python -m runtime.bake diagram --not-a-command
 
 Inline: `python -m runtime.tokens encode --bogus`, `python -m trainer.export` (a mention: fine),
 `error: python -m trainer.train needs torch` and `python -m runtime.bake: error: unrecognized arguments: --x`
-(quoted output: fine),
+(quoted output: fine), a span over a line break (`python -m runtime.bake clip.npz
+--bogus-two`),
 `runtime/no_such_file.py`, `runtime/bake.py` (fine), `tests/test_fuzz_*.py` (fine), `models/walk` (a user's),
 `runtime.model.no_such_function`, `runtime.model.load_model` (fine), `NOSUCH.md`.
 [a dead link](docs/nowhere.md), [a dead anchor](#imaginary), [a live anchor](#real-heading),
@@ -446,18 +461,19 @@ def test_the_checker_catches_what_it_should(tmp_path):
     doc = tmp_path / "page.md"
     doc.write_text(BROKEN, encoding="utf-8")
     found = "\n".join(doc_problems(doc))
-    for expected in ("unrecognized arguments: --no-such-option 3", "invalid choice: 'tpu'", "no module runtime.nope",
+    for expected in ("unrecognized arguments: --no-such-option 3", "invalid choice: 'tpu'",
+                     "unrecognized arguments: --frame 3", "no module runtime.nope",
                      "invalid int value: 'ten'", "no script", "no_such_benchmark.py", "invalid choice: 'dance'",
                      "scripts/demo.sh --fames 900: unrecognized arguments: --fames",
                      "the following arguments are required: run, --out", "encode --bogus: unrecognized arguments",
                      "`runtime/no_such_file.py`: no such file", "runtime.model has no no_such_function",
                      "`NOSUCH.md`: no such file", "docs/nowhere.md: no such file",
-                     "#imaginary: no heading with that anchor"):
+                     "#imaginary: no heading with that anchor", "unrecognized arguments: --bogus-two"):
         assert expected in found, f"missing {expected!r} in:\n{found}"
     for fine in ("tail", "runtime/bake.py`", "test_fuzz_", "models/walk", "load_model", "real-heading",
                  "example.com", "trainer.export :", "diagram", "needs torch", "--x"):
         assert fine not in found, f"{fine!r} was reported:\n{found}"
-    assert len(doc_problems(doc)) == 14
+    assert len(doc_problems(doc)) == 16
 
 
 def test_slugs_follow_github():
