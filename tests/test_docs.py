@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_cli_help import _Built, build
+from tests.test_cli_help import _Built, build, parsers
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "godot_bridge" / "README.md",
         ROOT / "godot_bridge" / "PROTOCOL.md", ROOT / "blender_addon" / "README.md"]
@@ -154,15 +154,6 @@ def _error(self, message):
     raise _Refused(message)
 
 
-def _parsers(parser: argparse.ArgumentParser):
-    """A parser and its subcommands' parsers."""
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                yield from _parsers(sub)
-
-
 def refusal(parser: argparse.ArgumentParser, argv: list[str], strict: bool = True) -> str | None:
     """What parser says against argv (an unknown option, a bad value, a missing argument), or None.
 
@@ -171,7 +162,7 @@ def refusal(parser: argparse.ArgumentParser, argv: list[str], strict: bool = Tru
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
         mp.setattr(argparse.ArgumentParser, "exit", _exit)
         mp.setattr(argparse.ArgumentParser, "error", _error)
-        for p in _parsers(parser):
+        for p in parsers(parser):
             mp.setattr(p, "allow_abbrev", False)  # docs spell options out: --frame would only work by luck
             for action in p._actions if not strict else ():
                 mp.setattr(action, "required", False)
