@@ -35,8 +35,8 @@ EARLIER_TRAIN = ["--teacher-epochs", "4", "--ramp-epochs", "4", "--student-epoch
 RECIPES = {
     "earlier": {"bandai": (["--mirror"], EARLIER_TRAIN),
                 "procedural": (["--mirror"], EARLIER_TRAIN)},
-    "recommended": {"bandai": (["--mirror", "--root-smoothing", "0.3"], ["--config", str(ROOT / "configs/mocap.toml")]),
-                    "procedural": (["--mirror", "--root-smoothing", "0.3"],
+    "recommended": {"bandai": (["--mirror"], ["--config", str(ROOT / "configs/mocap.toml")]),
+                    "procedural": (["--mirror"],
                                    ["--config", str(ROOT / "configs/default-model.toml")])},
 }
 PROCEDURAL = ["--clips", "24", "--seconds", "60", "--seed", "7"]  # the default model's data

@@ -38,7 +38,6 @@ class FeatureLayout:
     contact_joints: tuple[str, ...] = ()
     heading_joints: tuple[str, ...] = ()  # (left, right) whose span gives the heading; () = root's +Z
     version: int = LAYOUT_VERSION
-    root_smoothing: float = 0.0  # seconds (Gaussian sigma) over which the character frame's path is smoothed
 
     @cached_property
     def blocks(self) -> tuple[tuple[str, int, int], ...]:
@@ -76,12 +75,9 @@ class FeatureLayout:
 
     def to_dict(self) -> dict:
         """JSON-ready description, with the block table for readers in other languages."""
-        out = {"version": self.version, "fps": self.fps, "joint_names": list(self.joint_names),
-               "contact_joints": list(self.contact_joints), "heading_joints": list(self.heading_joints),
-               "blocks": [list(b) for b in self.blocks], "size": self.size}
-        if self.root_smoothing:
-            out["root_smoothing"] = self.root_smoothing
-        return out
+        return {"version": self.version, "fps": self.fps, "joint_names": list(self.joint_names),
+                "contact_joints": list(self.contact_joints), "heading_joints": list(self.heading_joints),
+                "blocks": [list(b) for b in self.blocks], "size": self.size}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureLayout":
@@ -90,8 +86,7 @@ class FeatureLayout:
             raise ValueError(f"feature layout version {d['version']} is newer than this code "
                              f"({LAYOUT_VERSION}); update the toolkit")
         layout = cls(tuple(d["joint_names"]), float(d["fps"]), tuple(d.get("contact_joints", ())),
-                     tuple(d.get("heading_joints", ())), int(d.get("version", 1)),
-                     float(d.get("root_smoothing", 0.0)))
+                     tuple(d.get("heading_joints", ())), int(d.get("version", 1)))
         if "blocks" in d and [list(b) for b in layout.blocks] != [list(b) for b in d["blocks"]]:
             raise ValueError("the feature layout's block table does not match its joints and contacts")
         return layout
@@ -106,13 +101,11 @@ class FeatureLayout:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def for_skeleton(cls, skeleton: Skeleton, fps: float, contacts: bool = True,
-                     root_smoothing: float = 0.0) -> "FeatureLayout":
+    def for_skeleton(cls, skeleton: Skeleton, fps: float, contacts: bool = True) -> "FeatureLayout":
         """The default layout of a skeleton: all joints, feet contacts found by name, heading from the hips."""
         names = skeleton.names
         feet = tuple(n for j, n in enumerate(names) if _FOOT_NAME.search(n) and skeleton.mirror_map[j] != j)
-        return cls(names, float(fps), feet if contacts else (), heading_pair(skeleton),
-                   root_smoothing=float(root_smoothing))
+        return cls(names, float(fps), feet if contacts else (), heading_pair(skeleton))
 
 
 def heading_pair(skeleton: Skeleton) -> tuple[str, ...]:
@@ -140,27 +133,6 @@ def character_frames(positions: np.ndarray, world_rot: np.ndarray, layout: Featu
         forward_x, forward_z = world_rot[..., 0, 0, 2], world_rot[..., 0, 2, 2]
     origin = positions[..., 0, :] * np.array([1.0, 0.0, 1.0])
     return origin, np.arctan2(forward_x, forward_z)
-
-
-def gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """values (T, ...) smoothed along time by a Gaussian of sigma frames, the ends held (not wrapped)."""
-    if sigma <= 0 or len(values) < 2:
-        return values
-    radius = int(np.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    kernel /= kernel.sum()
-    padded = np.concatenate([np.repeat(values[:1], radius, 0), values, np.repeat(values[-1:], radius, 0)])
-    # One tap per kernel entry: radius is a few dozen frames, the clip thousands.
-    return sum(w * padded[k:k + len(values)] for k, w in enumerate(kernel))
-
-
-def smooth_character_frames(origin: np.ndarray, yaw: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Character frames whose ground path and heading are low-passed (sigma frames).
-
-    The hips sway and twist with every step; a frame that follows them puts that oscillation into the
-    root's step and turn, where it swamps the slower changes of pace and direction that steer a character.
-    """
-    return gaussian_smooth(origin, sigma), gaussian_smooth(np.unwrap(yaw), sigma)
 
 
 def detect_contacts(positions: np.ndarray, fps: float, layout: FeatureLayout) -> np.ndarray:
@@ -192,8 +164,6 @@ def encode(motion: Motion, layout: FeatureLayout) -> Encoded:
     pos, rot = motion.world()
     t = motion.n_frames
     origin, yaw = character_frames(pos, rot, layout)
-    if layout.root_smoothing > 0:
-        origin, yaw = smooth_character_frames(origin, yaw, layout.root_smoothing * motion.fps)
     to_cf = yaw_matrix(-yaw)  # world -> character frame, per frame
     p_cf = np.einsum("tik,tjk->tji", to_cf, pos - origin[:, None])
     vel = np.zeros_like(pos)

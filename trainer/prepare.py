@@ -32,7 +32,6 @@ from runtime.skeleton import Skeleton
 
 MIRROR_SUFFIX = "~mirror"  # a clip's mirrored copy is named NAME~mirror (the trainer's hold-out split pairs them)
 MIN_FPS, MAX_FPS = 1.0, 1000.0  # target frame rates of training data
-MAX_ROOT_SMOOTHING_S = 5.0  # a longer sigma would smooth whole turns away
 SCALE_RANGE = (1e-6, 1e3)  # metres per file unit: a micrometre to a kilometre
 # Bytes per output frame and joint while a clip is converted (float64 rotations, matrices, positions, features).
 WORK_BYTES_PER_JOINT_FRAME = 400
@@ -99,11 +98,8 @@ def load_clip(path: Path, fps: float, scale: float | str, up: str, joints: int |
 
 def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: float | str = "auto",
             up: str = "auto", joints: int | list[str] | None = None, contacts: bool = True,
-            progress: bool = True, root_smoothing: float = 0.0) -> Prepared:
-    """Read, convert and encode every clip (and its mirror image).
-
-    root_smoothing (seconds) low-passes each clip's character frame (see runtime.features.smooth_character_frames).
-    """
+            progress: bool = True) -> Prepared:
+    """Read, convert and encode every clip (and its mirror image)."""
     skeleton: Skeleton | None = None
     layout: FeatureLayout | None = None
     chunks, names, starts, ends = [], [], [], []
@@ -112,7 +108,7 @@ def prepare(files: list[Path], fps: float = 30.0, mirror: bool = False, scale: f
         motion = load_clip(path, fps, scale, up, joints)
         if skeleton is None:
             skeleton = motion.skeleton
-            layout = FeatureLayout.for_skeleton(skeleton, fps, contacts, root_smoothing)
+            layout = FeatureLayout.for_skeleton(skeleton, fps, contacts)
             if mirror and np.all(skeleton.mirror_map == np.arange(skeleton.n_joints)):
                 raise MocapError(f"{path}: --mirror needs left/right joint names (Left/Right, L/R, _l/_r, .L/.R)")
         elif (motion.skeleton.names != skeleton.names
@@ -193,9 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
                    help="the files' up axis: %(choices)s; auto tells it from the body's shape (default %(default)s)")
     p.add_argument("--no-contacts", action="store_true", help="leave out the foot-contact block")
-    p.add_argument("--root-smoothing", type=float, default=0.0, metavar="SECONDS",
-                   help="smooth the character frame's path and heading over this Gaussian sigma, so the root's step "
-                        "and turn carry pace and direction rather than the hips' sway (default %(default)s)")
     p.add_argument("--preview", metavar="FILE", help="also render the first clip in 3-D, as decoded from its "
                    "features: .gif, .mp4 (needs ffmpeg) or .png (its last frame)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -216,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             if Path(args.preview).resolve() == out.resolve():
                 raise UsageError(f"{args.preview}: --preview must not overwrite the output")
         files = find_bvh_files(args.inputs)
-        number(args.root_smoothing, "--root-smoothing", 0.0, MAX_ROOT_SMOOTHING_S)
         prep = prepare(files, args.fps, args.mirror, args.scale, args.up, _parse_joints(args.joints),
-                       not args.no_contacts, progress=not args.quiet, root_smoothing=args.root_smoothing)
+                       not args.no_contacts, progress=not args.quiet)
         # Both files under temporary names, renamed only when both are written.
         with atomic_paths([out] + ([Path(args.preview)] if args.preview else [])) as tmps:
             save_frames(tmps[0], prep)
