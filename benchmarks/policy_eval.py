@@ -7,9 +7,9 @@ Joystick: 200 random commands (speeds from the policy's training range), each he
     within the policy's radius in under 15 s, then told to stay there (the share of the time after arriving
     spent within the radius is reported; frozen windows count on the way only). Path: mean distance to a
     figure-eight (8 m x 4 m) over 60 s.
-Motion quality under control against random latents: frozen 2 s windows, foot skating (horizontal foot
-speed while in contact) as a ratio to random walking on the same model ("comparable" is at most 1.25x), and
-the share of moving frames spent walking backwards.
+Motion quality under control against random latents, on the pose engines show (FK of the returned rotations):
+frozen 2 s windows, foot skating (runtime.contacts' planted-foot rule, the evaluator's) as a ratio to random
+walking on the same model ("comparable" is at most 1.25x), and the share of moving frames spent walking backwards.
 Cost: Controller.step with and without control at 1 and 64 characters.
 Usage: python benchmarks/policy_eval.py --model DIR [--tasks joystick target path] [--seed N]
 """
@@ -24,7 +24,8 @@ import numpy as np
 from runtime.controller import Controller
 from runtime.model import MotionModel, load_model
 from runtime.rotations import wrap_angle
-from trainer.motion_metrics import FREEZE_WINDOW_S, frame_quantities, frozen_windows
+from runtime.contacts import foot_floor, planted_speed
+from trainer.motion_metrics import FREEZE_WINDOW_S, frozen_windows, joint_speed
 
 HEADING_DEG, HEADING_S = 20.0, 2.0
 SPEED_TOLERANCE, SPEED_FLOOR, SPEED_S, SPEED_WINDOW_S = 0.25, 0.1, 3.0, 0.5
@@ -42,34 +43,46 @@ def figure_eight(n: int = 400) -> np.ndarray:
 
 
 class Recorder:
-    """Raw frames of every step, for the motion-quality measures."""
+    """Raw frames and the shown pose (FK of the returned rotations) of every step, for the motion-quality measures."""
 
     def __init__(self) -> None:
         self.frames: list[np.ndarray] = []
+        self.shown: list[np.ndarray] = []
 
     def add(self, ctrl: Controller) -> None:
-        """Keep the latest raw frame of every character."""
+        """Keep the latest raw frame and shown world pose of every character."""
+        poses = ctrl.poses()
         self.frames.append(ctrl.features())
+        self.shown.append(ctrl.model.skeleton.forward_kinematics(poses.local_rotations.astype(np.float64),
+                                                                 poses.root_position.astype(np.float64))[0])
 
-    def quality(self, model: MotionModel, until: np.ndarray | None = None) -> dict[str, float]:
-        """Frozen-window fraction (windows ending before step until[i] only, if given) and mean foot skating."""
+    def floor(self, model: MotionModel) -> np.ndarray:
+        """The contact joints' floor heights in this recording (runtime.contacts.foot_floor)."""
+        feet = [model.layout.joint_names.index(n) for n in model.layout.contact_joints]
+        return foot_floor(np.stack(self.shown)[..., feet, 1])
+
+    def quality(self, model: MotionModel, floor: np.ndarray, until: np.ndarray | None = None) -> dict[str, float]:
+        """Frozen-window fraction (windows ending before step until[i] only, if given), planted-foot skating
+        (runtime.contacts on the shown pose, floors from random walking) and the share walked backwards."""
         f = np.stack(self.frames, axis=1)  # (N, T, F)
-        q = frame_quantities(f[:, :-1], f[:, 1:], model.layout, model.fps)
-        still = frozen_windows(q["root_speed"], q["pose_speed"], model.fps)
-        width = round(FREEZE_WINDOW_S * model.fps)
-        ends = (np.arange(still.shape[1]) + 1) * width + 1  # frames[k] is after step k + 1
+        shown = np.stack(self.shown, axis=1)  # (N, T, J, 3)
+        still = frozen_windows(joint_speed(shown, model.fps), model.fps)
+        ends = (np.arange(still.shape[1]) + 1) * round(FREEZE_WINDOW_S * model.fps)
         counted = np.ones_like(still) if until is None else ends[None, :] <= np.asarray(until)[:, None]
         out = {"frozen": float(still[counted].mean()) if counted.any() else 0.0}
         # Moving against its facing: the locomotion data walks forwards, so backing up is a glide the policy found.
         root = f[:, 1:, model.layout.slice("root")]
-        moving = q["root_speed"] > BACKWARDS_MIN_SPEED
+        speed = np.hypot(root[..., 0], root[..., 1]) * model.fps
+        moving = speed > BACKWARDS_MIN_SPEED
         out["backwards"] = float((root[..., 1][moving] < 0).mean()) if moving.any() else 0.0
-        if "skate" in q:
-            out["skate"] = float(q["skate"][q["contact"]].mean()) if q["contact"].any() else 0.0
+        if model.layout.contact_joints:
+            feet = [model.layout.joint_names.index(n) for n in model.layout.contact_joints]
+            slide, planted = planted_speed(shown[:, :, feet], model.fps, floor)
+            out["skate"] = float(slide[planted].mean()) if planted.any() else 0.0
         return out
 
 
-def joystick(model: MotionModel, seed: int) -> dict:
+def joystick(model: MotionModel, seed: int, floor: np.ndarray) -> dict:
     """Heading and speed response to 200 random commands (50 characters x 4 commands)."""
     spec = model.policies["joystick"].spec["task"]
     n, per, fps = 50, 4, model.fps
@@ -102,10 +115,10 @@ def joystick(model: MotionModel, seed: int) -> dict:
     hard = {"half_turns": turn >= np.radians(135), "slow": speed < 1.0, "fast": speed >= 2.0}
     by_kind = {f"both_{k}": float(both[m].mean()) for k, m in hard.items() if m.any()}
     return {"commands": per * n, "heading": float(heading_ok.mean()), "speed": float(speed_ok.mean()),
-            "both": float(both.mean()), "pass": bool(both.mean() >= 0.9), **by_kind, **rec.quality(model)}
+            "both": float(both.mean()), "pass": bool(both.mean() >= 0.9), **by_kind, **rec.quality(model, floor)}
 
 
-def target(model: MotionModel, seed: int) -> dict:
+def target(model: MotionModel, seed: int, floor: np.ndarray) -> dict:
     """Share of 100 random targets 1-10 m away reached in under 15 s."""
     n, fps = 100, model.fps
     radius = model.policies["target"].spec["task"]["target_radius_m"]
@@ -129,10 +142,10 @@ def target(model: MotionModel, seed: int) -> dict:
     # Standing on a reached target is the task, not freezing: only windows on the way count as frozen.
     return {"targets": n, "reached": share, "median_s": float(np.median(reached[np.isfinite(reached)]))
             if share else None, "pass": share >= 0.95, "stays_on_target": stays,
-            **rec.quality(model, until=np.where(np.isfinite(reached), reached * fps, np.inf))}
+            **rec.quality(model, floor, until=np.where(np.isfinite(reached), reached * fps, np.inf))}
 
 
-def path(model: MotionModel, seed: int) -> dict:
+def path(model: MotionModel, seed: int, floor: np.ndarray) -> dict:
     """Mean distance to a figure-eight over 60 s for 8 characters starting on it."""
     from runtime.control import resample_path
 
@@ -153,17 +166,18 @@ def path(model: MotionModel, seed: int) -> dict:
         dists.append(np.linalg.norm(dense[None] - xz[:, None], axis=-1).min(axis=1))
     mean = float(np.mean(dists))
     return {"mean_distance_m": mean, "max_distance_m": float(np.max(dists)),
-            "metres_travelled": float(travelled.mean()), "pass": mean < 0.5, **rec.quality(model)}
+            "metres_travelled": float(travelled.mean()), "pass": mean < 0.5, **rec.quality(model, floor)}
 
 
-def random_walk(model: MotionModel, seed: int) -> dict:
-    """Motion quality of random latents, the baseline for the controlled runs."""
+def random_walk(model: MotionModel, seed: int) -> tuple[dict, np.ndarray]:
+    """Motion quality of random latents, the baseline for the controlled runs, and its feet's floor heights."""
     ctrl = Controller(model, 50, seed=seed)
     rec = Recorder()
     for _ in range(int(20 * model.fps)):
         ctrl.step()
         rec.add(ctrl)
-    return rec.quality(model)
+    floor = rec.floor(model)
+    return rec.quality(model, floor), floor
 
 
 def step_cost(model: MotionModel) -> dict:
@@ -201,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model.name} ({model.path}), policies: {', '.join(sorted(model.policies))}")
     for name, spec in sorted(model.policies.items()):
         print(f"  {name}: trained {spec.spec.get('training', {})}")
-    base = random_walk(model, args.seed)
+    base, floor = random_walk(model, args.seed)
     print(f"random walk: frozen windows {base['frozen']:.3f}, backwards {base['backwards']:.3f}, "
           f"skating {base.get('skate', float('nan')):.3f} m/s")
     for task in tasks:
         t0 = time.perf_counter()
-        result = {"joystick": joystick, "target": target, "path": path}[task](model, args.seed)
+        result = {"joystick": joystick, "target": target, "path": path}[task](model, args.seed, floor)
         if "skate" in result and base.get("skate"):
             result["skate_ratio"] = result["skate"] / base["skate"]
             result["skate_pass"] = bool(result["skate_ratio"] <= SKATE_RATIO_LIMIT)

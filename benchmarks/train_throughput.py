@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.models import KLSchedule, MixtureDecoder, ModelSpec, MotionVAE
+from trainer.config import TrainConfig
 from trainer.train import RolloutTrainer, make_optimiser
 
 REFERENCE_FRAME = 267  # the reference's feature frame: 22 joints, 30 fps
@@ -48,7 +49,7 @@ class WeightBlendDecoder(nn.Module):
 
 def make_trainer(model: MotionVAE) -> RolloutTrainer:
     """The training loop's rollout runner with the paper's settings."""
-    return RolloutTrainer(model, make_optimiser(model, 1e-4), model.spec, KLSchedule(), torch.ones(1), 0.0)
+    return RolloutTrainer(model, make_optimiser(model, 1e-4), model.spec, KLSchedule(), torch.ones(1), TrainConfig())
 
 
 def rate(trainer: RolloutTrainer, window: torch.Tensor, student: torch.Tensor) -> float:

@@ -64,6 +64,7 @@ class TrainConfig:
     kl_capacity_steps: int = 100_000  # optimiser steps over which C rises linearly from 0 to C_max
     commit_weight: float = 0.25
     root_weight: float = 1.0          # weight of the root columns (step, turn) in the reconstruction loss
+    prior_feedback: float = 0.0       # share of student steps that feed back a frame decoded from a prior sample
     condition_noise: float = 0.0      # std of Gaussian noise on the condition the decoder sees (normalised units)
     foot_weight: float = 0.0          # planted feet's world steps against the data's (cm^2)
     fk_weight: float = 0.0            # predicted bones against the predicted rotations' rest offsets (cm^2)
@@ -99,6 +100,8 @@ class TrainConfig:
         for key in ("condition_noise", "foot_weight", "fk_weight", "balance_speed", "root_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} = {getattr(self, key)}: must not be negative")
+        if not 0.0 <= self.prior_feedback <= 1.0:
+            raise ConfigError(f"prior_feedback = {self.prior_feedback}: must lie in [0, 1]")
         if self.lr <= 0 or self.lr_end < 0:
             raise ConfigError("lr must be positive and lr_end non-negative")
         return self

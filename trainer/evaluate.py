@@ -2,14 +2,15 @@
 
 Long random-latent rollouts run through the runtime exactly as engines get them (the exported ONNX step and
 runtime.Controller; a training run is exported to a temporary folder first), starting from held-out frames.
-Every measure is taken by one rule on the rollouts and on the held-out clips, and the verdict compares them:
+Everything is read off the world pose engines show (forward kinematics of the local rotations) and off the
+held-out clips' world poses by one rule (Track), and the verdict compares the two:
 
-- drift: Frechet distance of pose features (character-frame joint positions and velocities, standardised by
+- drift: Frechet distance of pose features (joint positions and velocities in the hips' frame, standardised by
   the held-out data) over the first EARLY_S seconds and over the last third of the rollouts, and their ratio;
-- gait: smoothed root speed and turning percentiles, and the share of frames standing, walking, jogging and
-  running over the last third, beside the held-out clips';
-- feet: skating (horizontal speed of planted feet) on the forward kinematics of the local rotations engines
-  show, contacts found from those positions (runtime.contacts); feet under the floor;
+- gait: speed and turning of the hips' ground path over whole gait cycles, percentiles and the share of frames
+  standing, walking, jogging and running over the last third, beside the held-out clips';
+- feet: skating (horizontal speed of planted feet), contacts found from the positions (runtime.contacts);
+  feet under the floor;
 - the rotations against the predicted positions (FK error), freezing, NaNs and divergence resets;
 - for a training run also held-out next-frame reconstruction and how much of the latent is used.
 """
@@ -31,13 +32,14 @@ from runtime.contacts import foot_floor, planted_speed
 from runtime.controller import Controller
 from runtime.features import FeatureLayout, decode
 from runtime.model import MotionModel, ModelError, load_model
+from runtime.rotations import quat_to_matrix, yaw_matrix
 
 from .checkpoint import CheckpointError, LoadedRun, checkpoint_path, load_run, read_checkpoint
 from .config import ConfigError
 from .data import Frames, FramesError, RolloutSampler, clip_rows, heldout_clips, load_frames
 from .models import kl_per_dimension
-from .motion_metrics import (frechet_distance, frozen_windows, gait_series, gait_summary, gaussian, pose_speed,
-                             standardiser)
+from .motion_metrics import (character_path, frechet_distance, frozen_windows, gait_series, gait_summary, gaussian,
+                             joint_speed, standardiser)
 from .runs import resolve_device
 
 DEFAULT_HOLDOUT_EVERY = 10
@@ -84,9 +86,15 @@ class Reference:
     frames: int
 
 
-def pose_features(data: np.ndarray, layout: FeatureLayout) -> np.ndarray:
-    """Character-frame joint positions and velocities of raw frames (..., F) -> (..., 6J)."""
-    return np.concatenate([data[..., layout.slice("positions")], data[..., layout.slice("velocities")]], axis=-1)
+@dataclass
+class Track:
+    """Per-frame measures of world poses (leading axes ..., then time T), read the same way off mocap and rollouts."""
+
+    origin: np.ndarray        # (..., T, 3) the hips' ground point
+    yaw: np.ndarray           # (..., T) heading from the hips
+    features: np.ndarray      # (..., T-1, 6J) joint positions and velocities in that frame, from frame 1 on
+    joint_speed: np.ndarray   # (..., T) mean world speed of the joints
+    feet: np.ndarray          # (..., T, C, 3) world positions of the contact joints
 
 
 def contact_indices(layout: FeatureLayout) -> list[int]:
@@ -94,36 +102,47 @@ def contact_indices(layout: FeatureLayout) -> list[int]:
     return [layout.joint_names.index(name) for name in layout.contact_joints]
 
 
+def track(positions: np.ndarray, root_rotation: np.ndarray, layout: FeatureLayout, fps: float) -> Track:
+    """Measures of world joint positions (..., T, J, 3) with the root's world rotation (..., T, 3, 3).
+
+    The pose features are taken in the hips' own frame at each frame, not in the model's character frame,
+    so models that define their frame differently (smoothed or not) are measured alike.
+    """
+    origin, yaw = character_path(positions, root_rotation, layout)
+    to_frame = yaw_matrix(-yaw[..., 1:])[..., None, :, :]
+    rel = (to_frame @ (positions[..., 1:, :, :] - origin[..., 1:, None, :])[..., None])[..., 0]
+    vel = (to_frame @ (np.diff(positions, axis=-3) * fps)[..., None])[..., 0]
+    features = np.concatenate([rel.reshape(rel.shape[:-2] + (-1,)), vel.reshape(vel.shape[:-2] + (-1,))], axis=-1)
+    return Track(origin, yaw, features, joint_speed(positions, fps), positions[..., contact_indices(layout), :])
+
+
 def reference(frames: Frames, clips: np.ndarray) -> Reference:
     """Measure the given clips of frames by the rules the rollouts are measured by."""
     layout, fps, skeleton = frames.layout, frames.fps, frames.skeleton
-    feet = contact_indices(layout)
-    clips_data = [frames.data[s:e + 1].astype(np.float64) for s, e in _rows(frames, clips)]
-    world = [decode(d, layout, skeleton)[0].positions[:, feet] for d in clips_data]
-    floor = foot_floor(np.concatenate([w[..., 1] for w in world]))
-    feats = pose_features(np.concatenate(clips_data), layout)
+    tracks = []
+    for s, e in _rows(frames, clips):
+        pose = decode(frames.data[s:e + 1].astype(np.float64), layout, skeleton)[0]
+        tracks.append(track(pose.positions, pose.world_rotations[:, 0], layout, fps))
+    feats = np.concatenate([t.features for t in tracks])
     j3 = 3 * layout.n_joints
     mean, scale = standardiser(feats, [slice(0, j3), slice(j3, 2 * j3)])
     cov = gaussian((feats - mean) / scale)[1]
-    speeds, turns, skate, planted, frozen, under = [], [], [], [], [], []
-    for d, w in zip(clips_data, world):
-        # A clip's first frame copies the second's root delta and velocities: measure from frame 1 on.
-        speed, turn = gait_series(d[1:, layout.slice("root")], fps)
-        speeds.append(speed)
-        turns.append(turn)
-        p_cf = d[:, layout.slice("positions")].reshape(len(d), -1, 3)
-        frozen.append(frozen_windows(np.hypot(d[1:, 0], d[1:, 1]) * fps, pose_speed(p_cf, fps)[1:], fps))
-        if feet:
-            s, p = planted_speed(w, fps, floor)
-            skate.append(s[p])
-            planted.append(p[1:].ravel())
-            under.append((w[..., 1] < floor - UNDER_FLOOR_M).any(-1))
-    skate = np.concatenate(skate) if feet else np.zeros(0)
-    return Reference(mean, scale, cov, floor, gait_summary(np.concatenate(speeds), np.concatenate(turns)),
+    gaits = [gait_series(t.origin, t.yaw, fps) for t in tracks if len(t.yaw) > 1]
+    frozen = np.concatenate([frozen_windows(t.joint_speed[1:], fps) for t in tracks])
+    floor = foot_floor(np.concatenate([t.feet[..., 1] for t in tracks]))
+    skate, planted, under = [], [], []
+    for t in tracks:
+        speed, on = planted_speed(t.feet, fps, floor)
+        skate.append(speed[on])
+        planted.append(on[1:].ravel())
+        under.append((t.feet[..., 1] < floor - UNDER_FLOOR_M).any(-1))
+    skate = np.concatenate(skate)
+    return Reference(mean, scale, cov, floor,
+                     gait_summary(np.concatenate([g[0] for g in gaits]), np.concatenate([g[1] for g in gaits])),
                      float(skate.mean()) if len(skate) else None,
-                     float(np.concatenate(planted).mean()) if feet else 0.0,
-                     float(np.concatenate(frozen).mean()) if any(len(f) for f in frozen) else 0.0,
-                     float(np.concatenate(under).mean()) if feet else 0.0, len(feats))
+                     float(np.concatenate(planted).mean()) if layout.contact_joints else 0.0,
+                     float(frozen.mean()) if frozen.size else 0.0,
+                     float(np.concatenate(under).mean()) if layout.contact_joints else 0.0, len(feats))
 
 
 def start_windows(frames: Frames, clips: np.ndarray, n_cond: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -140,14 +159,9 @@ def rollouts(model: MotionModel, frames: Frames, clips: np.ndarray, ref: Referen
     rng = np.random.default_rng(seed)
     ctrl = Controller(model, n, seed=seed)
     ctrl.reset(frames=start_windows(frames, clips, model.n_cond, n, rng))
-    early = min(length, max(1, round(EARLY_S * fps)))
-    late = max(1, round(length * LATE_FRACTION))
-    feet = contact_indices(layout)
     j = layout.n_joints
-    root = np.zeros((n, length, 3))
-    p_cf = np.zeros((n, length, j, 3), np.float32)
-    feats = np.zeros((n, early + late, 6 * j), np.float32)
-    feet_fk = np.zeros((n, length, len(feet), 3))
+    shown = np.zeros((n, length, j, 3), np.float32)       # FK of the rotations engines get
+    root_rot = np.zeros((n, length, 3, 3), np.float32)
     fk_error = np.zeros((length, n, j), np.float32)
     resets = np.zeros((n, length), bool)
     finite = np.ones(n, bool)
@@ -156,54 +170,49 @@ def rollouts(model: MotionModel, frames: Frames, clips: np.ndarray, ref: Referen
     chunk_pos = np.zeros((FK_CHUNK, n, j, 3))
     for t in range(length):
         poses = ctrl.step()
-        raw = ctrl.features().astype(np.float64)
-        finite &= np.isfinite(raw).all(-1)
+        finite &= np.isfinite(poses.positions).all(axis=(1, 2))
         resets[:, t] = poses.reset
-        root[:, t] = raw[:, layout.slice("root")]
-        p_cf[:, t] = raw[:, layout.slice("positions")].reshape(n, j, 3)
-        if t < early:
-            feats[:, t] = pose_features(raw, layout)
-        if t >= length - late:
-            feats[:, early + t - (length - late)] = pose_features(raw, layout)
         k = t % FK_CHUNK
         chunk_rot[k], chunk_root[k], chunk_pos[k] = poses.local_rotations, poses.root_position, poses.positions
         if k == FK_CHUNK - 1 or t == length - 1:
-            fk = skeleton.forward_kinematics(chunk_rot[:k + 1], chunk_root[:k + 1])[0]
+            fk, world = skeleton.forward_kinematics_matrices(quat_to_matrix(chunk_rot[:k + 1]), chunk_root[:k + 1])
             fk_error[t - k:t + 1] = np.linalg.norm(fk - chunk_pos[:k + 1], axis=-1)
-            feet_fk[:, t - k:t + 1] = fk[:, :, feet].transpose(1, 0, 2, 3)
-    return summarise(ref, layout, fps, root, p_cf, feats, early, feet_fk, fk_error, resets, finite)
+            shown[:, t - k:t + 1] = fk.transpose(1, 0, 2, 3)
+            root_rot[:, t - k:t + 1] = world[:, :, 0].transpose(1, 0, 2, 3)
+    return summarise(ref, layout, fps, track(shown.astype(np.float64), root_rot.astype(np.float64), layout, fps),
+                     fk_error, resets, finite)
 
 
-def summarise(ref: Reference, layout: FeatureLayout, fps: float, root: np.ndarray, p_cf: np.ndarray,
-              feats: np.ndarray, early: int, feet_fk: np.ndarray, fk_error: np.ndarray, resets: np.ndarray,
-              finite: np.ndarray) -> dict:
+def summarise(ref: Reference, layout: FeatureLayout, fps: float, rolled: Track, fk_error: np.ndarray,
+              resets: np.ndarray, finite: np.ndarray) -> dict:
     """The rollout measures beside the reference's, as plain data."""
-    n, length = root.shape[:2]
-    late = feats.shape[1] - early
-    z = (feats - ref.feature_mean) / ref.feature_scale
+    n, length = rolled.yaw.shape
+    early = min(length - 1, max(1, round(EARLY_S * fps)))
+    late = max(2, round(length * LATE_FRACTION))
+    z = (rolled.features - ref.feature_mean) / ref.feature_scale
     fd_early = frechet_distance(*gaussian(z[:, :early]), np.zeros(z.shape[-1]), ref.feature_cov)
-    fd_late = frechet_distance(*gaussian(z[:, early:]), np.zeros(z.shape[-1]), ref.feature_cov)
-    speed, turn = gait_series(root[:, length - late:], fps)
+    fd_late = frechet_distance(*gaussian(z[:, -late:]), np.zeros(z.shape[-1]), ref.feature_cov)
+    speed, turn = gait_series(rolled.origin[:, -late:], rolled.yaw[:, -late:], fps)
     out = {
         "rollouts": {"characters": n, "frames": length, "late_frames": late, "early_frames": early,
                      "resets": int(resets.sum()), "characters_reset": int(resets.any(1).sum()),
                      "non_finite": int((~finite).sum())},
         "frechet": {"first": fd_early, "last": fd_late, "drift": fd_late / max(fd_early, 1e-9),
-                    "units": "z-scores of held-out character-frame joint positions and velocities"},
+                    "units": "z-scores of held-out joint positions and velocities in the hips' frame"},
         "gait": {"model": gait_summary(speed, turn), "data": ref.gait},
     }
-    frozen = frozen_windows(np.hypot(root[..., 0], root[..., 1]) * fps, pose_speed(p_cf, fps), fps)
+    frozen = frozen_windows(rolled.joint_speed[:, 1:], fps)
     out["freezing"] = {"model": float(frozen.mean()) if frozen.size else 0.0, "data": ref.frozen}
     mm = fk_error * 1000.0
     out["fk_error_mm"] = {"mean": float(mm.mean()), "p99": float(np.percentile(mm, 99)), "max": float(mm.max())}
-    if feet_fk.shape[2]:
-        tail = feet_fk[:, length - late:]
-        speed_fk, planted = planted_speed(tail, fps, ref.floor)
+    if layout.contact_joints:
+        feet = rolled.feet[:, -late:]
+        speed_fk, planted = planted_speed(feet, fps, ref.floor)
         skate = float(speed_fk[planted].mean()) if planted.any() else None
         out["feet"] = {"skating_mps": skate, "data_skating_mps": ref.skating,
                        "skating_ratio": skate / ref.skating if skate is not None and ref.skating else None,
                        "planted_share": float(planted[:, 1:].mean()), "data_planted_share": ref.planted_share,
-                       "under_floor": float((feet_fk[..., 1] < ref.floor - UNDER_FLOOR_M).any(-1).mean()),
+                       "under_floor": float((feet[..., 1] < ref.floor - UNDER_FLOOR_M).any(-1).mean()),
                        "data_under_floor": ref.under_floor}
     return out
 

@@ -1,4 +1,4 @@
-"""Export a training run to a model directory: decoder.onnx + model.json (see DESIGN.md).
+"""Export a training run to a model directory: decoder.onnx + model.json (see docs/model-directory.md).
 
 The directory is written beside its destination and renamed into place, so a failed export never
 leaves a half-written model. After writing, a 300-step closed-loop rollout compares onnxruntime with torch.

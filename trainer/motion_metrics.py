@@ -1,36 +1,41 @@
 """Measures of motion that apply alike to mocap clips and to model rollouts (numpy only).
 
-Gait (root speed and turning rate, smoothed over half a second so a step's sway does not count as a change
-of pace), the share of frames in each gait, frozen windows, and Gaussian statistics for Frechet distances.
-Time is the last axis of per-frame series (..., T).
+Gait (speed and turning of the body's ground path over a gait cycle, read off world joint positions, so it
+does not depend on how a model defines its character frame), the share of frames in each gait, frozen windows,
+and Gaussian statistics for Frechet distances. Time is the last axis of per-frame series (..., T).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from runtime.features import FeatureLayout
+from runtime.features import FeatureLayout, character_frames
 from runtime.rotations import yaw_matrix
 
-GAIT_SMOOTH_S = 0.5      # moving-average width for speed and turning: about one step
+GAIT_WINDOW_S = 1.0      # speed and turning are net change over this long: a whole gait cycle of sway and twist
 # (name, lowest speed m/s): each gait runs up to the next one's lowest speed.
 GAITS = (("standing", 0.0), ("walking", 0.3), ("jogging", 1.5), ("running", 2.5))
-FREEZE_WINDOW_S = 2.0    # a window is frozen when root and mean joint speed both stay below FREEZE_SPEED
+FREEZE_WINDOW_S = 2.0    # a window is frozen when the joints' mean world speed stays below FREEZE_SPEED
 FREEZE_SPEED = 0.05
 
 
-def moving_average(values: np.ndarray, width: int) -> np.ndarray:
-    """Means over every run of `width` consecutive entries along the last axis (length T - width + 1)."""
-    width = max(1, min(width, values.shape[-1]))
-    c = np.cumsum(np.concatenate([np.zeros(values.shape[:-1] + (1,)), values], axis=-1), axis=-1)
-    return (c[..., width:] - c[..., :-width]) / width
+def gait_series(origin: np.ndarray, yaw: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Speed (m/s) and unsigned turning rate (deg/s) over GAIT_WINDOW_S windows of a ground path.
+
+    origin (..., T, 3) and yaw (..., T) are where the body is and which way it faces, frame by frame (see
+    character_path); each window's net displacement and net turn count, so the hips' sway and twist within a
+    gait cycle do not.
+    """
+    width = min(max(1, round(GAIT_WINDOW_S * fps)), origin.shape[-2] - 1)
+    step = origin[..., width:, :] - origin[..., :-width, :]
+    heading = np.unwrap(yaw, axis=-1)
+    seconds = width / fps
+    return (np.hypot(step[..., 0], step[..., 2]) / seconds,
+            np.abs(heading[..., width:] - heading[..., :-width]) / seconds * 180.0 / np.pi)
 
 
-def gait_series(root: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Smoothed root speed (m/s) and turning rate (deg/s, unsigned) from root deltas (..., T, 3)."""
-    width = max(1, round(GAIT_SMOOTH_S * fps))
-    speed = moving_average(np.hypot(root[..., 0], root[..., 1]) * fps, width)
-    turn = np.abs(moving_average(root[..., 2] * fps, width)) * 180.0 / np.pi
-    return speed, turn
+def character_path(positions: np.ndarray, root_rotation: np.ndarray, layout: FeatureLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Ground origin (..., 3) and heading (...) of world poses: joint positions (..., J, 3), root rotation (..., 3, 3)."""
+    return character_frames(positions, root_rotation[..., None, :, :], layout)
 
 
 def gait_summary(speed: np.ndarray, turn: np.ndarray) -> dict:
@@ -45,19 +50,15 @@ def gait_summary(speed: np.ndarray, turn: np.ndarray) -> dict:
     return out
 
 
-def frozen_windows(root_speed: np.ndarray, pose_speed: np.ndarray, fps: float) -> np.ndarray:
-    """Whether each non-overlapping FREEZE_WINDOW_S window of per-frame speeds (..., T) is frozen."""
+def frozen_windows(joint_speed: np.ndarray, fps: float) -> np.ndarray:
+    """Whether each non-overlapping FREEZE_WINDOW_S window of mean joint speeds (..., T) stays below FREEZE_SPEED."""
     width = max(1, round(FREEZE_WINDOW_S * fps))
-    n = root_speed.shape[-1] // width
-
-    def means(v: np.ndarray) -> np.ndarray:
-        return v[..., : n * width].reshape(v.shape[:-1] + (n, width)).mean(-1)
-
-    return (means(root_speed) < FREEZE_SPEED) & (means(pose_speed) < FREEZE_SPEED)
+    n = joint_speed.shape[-1] // width
+    return joint_speed[..., : n * width].reshape(joint_speed.shape[:-1] + (n, width)).mean(-1) < FREEZE_SPEED
 
 
-def pose_speed(positions: np.ndarray, fps: float) -> np.ndarray:
-    """Mean joint speed in the character frame (..., T) from character-frame positions (..., T, J, 3); frame 0 is 0."""
+def joint_speed(positions: np.ndarray, fps: float) -> np.ndarray:
+    """Mean world speed of the joints (..., T) of world positions (..., T, J, 3); frame 0 is 0."""
     out = np.zeros(positions.shape[:-2])
     if positions.shape[-3] > 1:
         out[..., 1:] = np.linalg.norm(np.diff(positions, axis=-3), axis=-1).mean(-1) * fps

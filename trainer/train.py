@@ -122,6 +122,21 @@ class RolloutTrainer:
             extra = extra + config.foot_weight * terms["foot"]
         return extra
 
+    @torch.no_grad()
+    def _prior_frames(self, fed: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """fed with a prior_feedback share of its rows replaced by frames decoded from prior samples.
+
+        A posterior sample has seen the true next frame, so a rollout fed only posterior frames never leaves
+        the data the way a run-time rollout does; frames from the prior put the states the runtime will reach
+        into training, where the decoder (and a learned prior) learn to come back from them.
+        """
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        flat = condition.flatten(1)
+        z = model.sample_prior(len(flat), condition=flat if model.prior is not None else None)
+        drawn = model.decoder(z.to(flat.device), flat)[:, : fed.shape[-1]]
+        pick = torch.rand(len(fed), 1, device=fed.device) < self.config.prior_feedback
+        return torch.where(pick, drawn, fed)
+
     def run(self, window: torch.Tensor, student: torch.Tensor, step: int) -> dict[str, float]:
         """Train on windows (B, n_cond+rollout+n_future-1, F); student[k] feeds back step k's output.
 
@@ -161,6 +176,8 @@ class RolloutTrainer:
                 # One coin per step for the whole batch: the next condition ends with either the
                 # model's own (detached) prediction or the ground-truth frame.
                 fed = prediction[:, 0].detach() if bool(student[k]) else window[:, n_cond + k]
+                if bool(student[k]) and self.config.prior_feedback > 0:
+                    fed = self._prior_frames(fed, condition)
                 condition = torch.cat((condition[:, 1:], fed.unsqueeze(1)), dim=1)
         return {key: float(value) / steps for key, value in totals.items()}
 
