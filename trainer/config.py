@@ -35,6 +35,7 @@ class TrainConfig:
     expert_init: str = "reference"    # reference (about 16x smaller than nn.Linear, biases 0.01) | linear
     n_cond: int = 1
     n_future: int = 1
+    future_stride: int = 1            # frames between predicted future frames: offsets 1, 1+s, 1+2s, ...
     vq_codes: int = 512
     vq_decay: float = 0.99
     vq_reset_threshold: float = 1.0
@@ -79,7 +80,7 @@ class TrainConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
-        positive = ("latent", "hidden", "experts", "gate_hidden", "n_cond", "n_future", "vq_codes",
+        positive = ("latent", "hidden", "experts", "gate_hidden", "n_cond", "n_future", "future_stride", "vq_codes",
                     "batch_size", "rollout")
         for key in positive:
             if getattr(self, key) < 1:

@@ -218,9 +218,9 @@ class Normaliser:
         return cls(state["kind"], np.asarray(state["shift"], np.float32), np.asarray(state["scale"], np.float32))
 
 
-def rollout_window(n_cond: int, rollout: int, n_future: int) -> int:
-    """Frames one rollout touches: its condition frames, then every step's target frames."""
-    return n_cond + rollout + n_future - 1
+def rollout_window(n_cond: int, rollout: int, n_future: int, stride: int = 1) -> int:
+    """Frames one rollout touches: its condition frames, then every step's target frames (stride apart)."""
+    return n_cond + rollout + (n_future - 1) * stride
 
 
 class RolloutSampler:

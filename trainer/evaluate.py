@@ -263,14 +263,16 @@ def reconstruction(model: TorchModel, frames: Frames, clips: np.ndarray, max_win
     """Next-frame error through the posterior mean on clips, and how the latent is used there."""
     run = model.run
     spec, layout, norm = run.spec, run.layout, run.normaliser
-    span = spec.n_cond + spec.n_future
+    stride = run.config.future_stride
+    span = spec.n_cond + 1 + (spec.n_future - 1) * stride
     starts = RolloutSampler(frames, clips, span, 1).starts
     starts = starts[np.linspace(0, len(starts) - 1, min(max_windows, len(starts))).astype(np.int64)]
     rows = (starts[:, None] + torch.arange(span)).numpy()
     windows = norm.normalise(torch.from_numpy(frames.data[rows]).to(model.device))
+    future = spec.n_cond + np.arange(spec.n_future) * stride
     errors, stats = [], []
     for part in windows.split(batch):
-        condition, target = part[:, : spec.n_cond].flatten(1), part[:, spec.n_cond:].flatten(1)
+        condition, target = part[:, : spec.n_cond].flatten(1), part[:, future].flatten(1)
         pred = model.next_frame(run.model.posterior_mean(target, condition), condition)
         errors.append((norm.denormalise(pred) - norm.denormalise(part[:, spec.n_cond]), pred - part[:, spec.n_cond]))
         stats.append(run.model.encode(target, condition))

@@ -138,17 +138,18 @@ class RolloutTrainer:
         return torch.where(pick, drawn, fed)
 
     def run(self, window: torch.Tensor, student: torch.Tensor, step: int) -> dict[str, float]:
-        """Train on windows (B, n_cond+rollout+n_future-1, F); student[k] feeds back step k's output.
+        """Train on windows (B, rollout_window(...), F); student[k] feeds back step k's output.
 
         Returns the loss terms averaged over the rollout steps.
         """
-        n_cond, n_future = self.spec.n_cond, self.spec.n_future
+        n_cond = self.spec.n_cond
+        offsets = torch.arange(self.spec.n_future, device=window.device) * self.config.future_stride
         weights = self.weights.to(window.device)
         condition = window[:, :n_cond]
         totals: dict[str, torch.Tensor] = {}
         steps = len(student)
         for k in range(steps):
-            target = window[:, n_cond + k: n_cond + k + n_future]
+            target = window[:, n_cond + k + offsets]
             seen = condition
             if self.config.condition_noise > 0:
                 # The decoder must bring a slightly-off pose back towards the data, as it must at run time.
@@ -322,7 +323,8 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
     clips = training_clips(frames.clip_names, config.holdout_every)
     if len(clips) == 0:
         raise FramesError(f"{frames.path}: holding out every {config.holdout_every} clip(s) leaves none to train on")
-    sampler = RolloutSampler(frames, clips, rollout_window(config.n_cond, config.rollout, config.n_future),
+    sampler = RolloutSampler(frames, clips, rollout_window(config.n_cond, config.rollout, config.n_future,
+                                                       config.future_stride),
                              config.batch_size, world.rank, world.world)
     sampler.balance_speed(frames, config.balance_speed)
     normaliser = (Normaliser.from_state(state["normaliser"]) if state else
@@ -460,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kl_mode": "beta: kl_beta * KL; capacity: kl_gamma * |KL - C|, C rising to kl_capacity",
         "n_cond": "condition frames the decoder sees",
         "n_future": "future frames predicted at each step",
+        "future_stride": "frames between predicted future frames (offsets 1, 1+s, ...)",
     }, CHOICES)
     return parser
 
