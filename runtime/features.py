@@ -1,6 +1,6 @@
 """The feature frame: one pose <-> root delta, positions, velocities, 6D orientations and foot contacts.
 
-A frame, per block, joints in skeleton order inside each block (see DESIGN.md):
+A frame, per block, joints in skeleton order inside each block (see docs/design.md):
     root          dx, dz (metres, in the previous frame's character frame), dyaw (radians)
     positions     joint positions in the character frame (metres)
     velocities    joint velocities in the character frame (metres per second)

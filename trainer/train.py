@@ -418,7 +418,7 @@ def _train(config: TrainConfig, frames: Frames, out: Path, state: dict | None, w
 
 EXAMPLES = """examples:
   python -m trainer.train frames.npz --out runs/walk
-  python -m trainer.train frames.npz --out runs/walk --config configs/mvae.toml --device cuda
+  python -m trainer.train frames.npz --out runs/walk --config configs/mocap.toml --device cuda
   python -m trainer.train frames.npz --out runs/quick --epochs 14 --batches-per-epoch 50
   python -m trainer.train frames.npz --out runs/vq --set quantize=true --set vq_codes=256
   python -m trainer.train frames.npz --out runs/walk --resume          # continue after a crash
