@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ RECIPES = {
                     "procedural": (["--mirror"],
                                    ["--config", str(ROOT / "configs/default-model.toml")])},
 }
+TIMES = "benchmark-times.json"  # what training a recipe took, kept in its run folder
 PROCEDURAL = ["--clips", "24", "--seconds", "60", "--seed", "7"]  # the default model's data
 SHOWN = ("speed_p10", "speed_p50", "speed_p90", "turn_p50", "turn_p90", "share_standing", "share_walking",
          "share_jogging", "share_running")
@@ -52,7 +54,7 @@ def python(*args: str) -> list[str]:
 def prepare(data: str, recipe: str, work: Path) -> Path:
     """The recipe's frames.npz of the data, prepared once per distinct set of prepare arguments."""
     args = RECIPES[recipe][data][0]
-    frames = work / f"{data}-{abs(hash(tuple(args))) % 10 ** 8}.npz"
+    frames = work / f"{data}{''.join(args)}.npz"
     if frames.exists():
         return frames
     source = BANDAI if data == "bandai" else work / "procedural"
@@ -68,10 +70,16 @@ def train(recipes: list[str], data: str, work: Path, frames: dict[str, Path], jo
     """Train every recipe (jobs at a time, one thread each); their run folders, wall and CPU seconds."""
     out, running, queue = {}, {}, list(recipes)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for recipe in list(queue):  # a kept --work folder reuses what finished there before
+        record = work / f"run-{data}-{recipe}" / TIMES
+        if record.is_file():
+            out[recipe] = {**json.loads(record.read_text()), "run": record.parent}
+            queue.remove(recipe)
     while queue or running:
         while queue and len(running) < jobs:
             recipe = queue.pop(0)
             run = work / f"run-{data}-{recipe}"
+            shutil.rmtree(run, ignore_errors=True)  # an unfinished run from an interrupted benchmark
             cmd = python("-m", "trainer.train", str(frames[recipe]), "--out", str(run), "--holdout-every", "10",
                          "--threads", "1", "--no-progress", *RECIPES[recipe][data][1])
             log = open(work / f"train-{data}-{recipe}.log", "w")
@@ -84,7 +92,9 @@ def train(recipes: list[str], data: str, work: Path, frames: dict[str, Path], jo
         log.close()
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"training {recipe} failed: see {work / f'train-{data}-{recipe}.log'}")
-        out[recipe] = {"run": run, "wall_s": time.perf_counter() - started, "cpu_s": usage.ru_utime + usage.ru_stime}
+        out[recipe] = {"wall_s": time.perf_counter() - started, "cpu_s": usage.ru_utime + usage.ru_stime}
+        (run / TIMES).write_text(json.dumps(out[recipe]))
+        out[recipe]["run"] = run
     return out
 
 
@@ -99,7 +109,8 @@ def main() -> int:
     ap.add_argument("--rollouts", type=int, default=64, help="characters per evaluation (default %(default)s)")
     ap.add_argument("--frames", type=int, default=3000, help="frames per rollout (default %(default)s)")
     ap.add_argument("--jobs", type=int, default=2, help="recipes trained at once (default %(default)s)")
-    ap.add_argument("--work", type=Path, help="keep the scratch folder here (default: a temporary one, deleted)")
+    ap.add_argument("--work", type=Path, help="keep the scratch folder here and reuse the runs that finished in it "
+                    "(default: a temporary one, deleted)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     args = ap.parse_args()
     recipes = args.recipes.split(",")

@@ -287,7 +287,9 @@ def test_a_bake_killed_while_writing_leaves_no_temporary_behind(tmp_path):
         pytest.skip("the bake finished writing before a temporary file was seen")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert temporaries(tmp_path) and not out.exists(), "SIGKILL cannot clean up: the file stays until the next write"
+    if out.exists():  # on a loaded machine the rename can land between seeing the temporary and the kill
+        pytest.skip("the bake finished writing before it was killed")
+    assert temporaries(tmp_path), "SIGKILL cannot clean up: the file stays until the next write"
     # The next write of the same file sweeps what the dead writer left.
     assert run_main(bake_main, [out, "--frames", "3", "-q"]).code == 0
     assert out.is_file() and not temporaries(tmp_path)
@@ -296,8 +298,9 @@ def test_a_bake_killed_while_writing_leaves_no_temporary_behind(tmp_path):
     proc = big_bake(out)
     if wait_for_temporary(tmp_path, proc):
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-        assert not temporaries(tmp_path) and not out.exists()
+        code = proc.wait(timeout=60)
+        assert not temporaries(tmp_path)
+        assert (code, out.exists()) in ((128 + signal.SIGTERM, False), (0, True)), code  # (0, True): it had finished
     else:
         proc.wait()
 
