@@ -127,7 +127,7 @@ def main() -> int:
         results = {}
         for recipe in recipes:
             frame_set = load_frames(frames[recipe])
-            scratch = work / f"export-{data}-{recipe}"
+            scratch = work / f"export-{args.data}-{recipe}"
             scratch.mkdir(exist_ok=True)
             model, run, every = open_model(runs[recipe]["run"], "cpu", scratch)
             results[recipe] = {str(seed): evaluate(model, frame_set, 10, args.rollouts, args.frames, seed, run, every)
