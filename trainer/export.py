@@ -24,7 +24,8 @@ from .config import TrainConfig
 from .data import Frames, Normaliser
 from .models import ModelSpec, MotionVAE
 from .staging import check_model_out, staged_dir
-from .foot_lock_graph import LOCK_INPUTS, LOCK_OUTPUTS, LockedStepGraph, foot_lock_meta, planted_heights
+from .foot_lock_graph import (LOCK_INPUTS, LOCK_OUTPUTS, LockedStepGraph, foot_lock_meta, planted_heights,
+                              skip_idle_lock)
 from .quantize import add_int8
 from .step_graph import INPUTS, OUTPUTS, StepGraph
 
@@ -60,6 +61,8 @@ def export_step_onnx(run: LoadedRun, bounds: np.ndarray, path: Path) -> tuple[li
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, example, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes={name: {0: "batch"} for name in batched}, opset_version=OPSET, dynamo=False)
+    if locked.n_legs:
+        skip_idle_lock(path)
     return inputs, outputs
 
 
