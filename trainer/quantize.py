@@ -1,7 +1,8 @@
 """The int8 step graph: decoder.onnx with its network's weights quantised per output channel (decoder-int8.onnx).
 
-Only the network (every node the `next_frame` output depends on) is quantised; the pose decoding after it (root
-integration, 6D to quaternions, forward kinematics, the foot lock) stays float32. Each weight matrix becomes int8
+Only the network's large layers (in every node the `next_frame` output depends on: a mixture's experts) are
+quantised; a mixture's small gate and the pose decoding after the network (root integration, 6D to quaternions,
+forward kinematics, the foot lock) stay float32. Each weight matrix becomes int8
 with one scale per output column, and onnxruntime quantises each layer's input to uint8 on the fly
 (onnxruntime.quantization.quantize_dynamic: DynamicQuantizeLinear + MatMulInteger, which onnxruntime fuses;
 measured faster here than weight-only MatMulNBits, which is as fast at one character but slower than float32 at
@@ -22,6 +23,10 @@ from runtime.footlock import idle_lock_inputs
 from runtime.model import INT8_FILE, FLOAT_FILE, ModelError, load_model, sha256_file
 
 VERIFY_STEPS = 300
+# Weight matrices smaller than this stay float32: a mixture's gate (which picks the experts) is one, and its int8
+# rounding shifted the default model's gait (twice the jogging, 5% less standing); the experts' layers, which hold
+# nearly all the bytes a step reads, are far larger.
+MIN_QUANTISED = 1 << 16
 # Largest one-step difference of the int8 next frame from the float32 one (standard deviations of the data) that
 # export accepts; the default model's is about a quarter of it.
 INT8_TOLERANCE = 0.25
@@ -40,8 +45,8 @@ def _network_nodes(graph) -> set[str]:
 
 
 def dense_layers(model) -> list[str]:
-    """Rewrite the network's constant-weight Gemm layers as MatMul + Add on a plain 2-D initializer (what the
-    quantiser recognises); returns the names of every network MatMul with a constant weight."""
+    """Rewrite the network's constant-weight Gemm layers of at least MIN_QUANTISED weights as MatMul + Add on a plain
+    2-D initializer (what the quantiser recognises); returns the names of those MatMuls."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -62,7 +67,7 @@ def dense_layers(model) -> list[str]:
     nodes, targets = [], []
     for node in g.node:
         weight = constant(node.input[1]) if node.name in network and node.op_type in ("Gemm", "MatMul") else None
-        if weight is None or weight.ndim != 2:
+        if weight is None or weight.ndim != 2 or weight.size < MIN_QUANTISED:
             nodes.append(node)
             continue
         if node.op_type == "MatMul":
