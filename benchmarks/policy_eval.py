@@ -11,7 +11,7 @@ Motion quality under control against random latents, on the pose engines show (F
 frozen 2 s windows, foot skating (runtime.contacts' planted-foot rule, the evaluator's) as a ratio to random
 walking on the same model ("comparable" is at most 1.25x), and the share of moving frames spent walking backwards.
 Cost: Controller.step with and without control at 1 and 64 characters.
-Usage: python benchmarks/policy_eval.py --model DIR [--tasks joystick target path] [--seed N]
+Usage: python benchmarks/policy_eval.py --model DIR [--tasks joystick target path] [--seed N] [--precision int8]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from runtime.controller import Controller
-from runtime.model import MotionModel, load_model
+from runtime.model import PRECISIONS, MotionModel, load_model
 from runtime.rotations import wrap_angle
 from runtime.contacts import foot_floor, planted_speed
 from trainer.motion_metrics import FREEZE_WINDOW_S, frozen_windows, joint_speed
@@ -205,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model directory with policies (default: the shipped default model)")
     p.add_argument("--tasks", nargs="+", choices=["joystick", "target", "path"], help="default: every policy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="the step graph the policies steer")
     args = p.parse_args(argv)
-    model = load_model(args.model)
+    model = load_model(args.model, precision=args.precision)
     tasks = args.tasks or sorted(model.policies)
     missing = [t for t in tasks if t not in model.policies]
     if not tasks or missing:
         print(f"error: model {model.name!r} has no {missing[0] if missing else 'control'} policy", file=sys.stderr)
         return 2
-    print(f"model {model.name} ({model.path}), policies: {', '.join(sorted(model.policies))}")
+    print(f"model {model.name} ({model.path}, {model.precision}), policies: {', '.join(sorted(model.policies))}")
     for name, spec in sorted(model.policies.items()):
         print(f"  {name}: trained {spec.spec.get('training', {})}")
     base, floor = random_walk(model, args.seed)

@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from runtime.model import ModelError, load_model
+from runtime.model import PRECISIONS, ModelError, load_model
 
 from . import protocol as P
 from .bridge import Bridge, BridgeConfig
@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   python -m godot_bridge.serve                                  # the shipped default model on 127.0.0.1:8765
   python -m godot_bridge.serve --model runs/walk/model --max-clients 4 --characters-per-client 2
   python -m godot_bridge.serve --lockstep --port 0              # a frame per step request; print the free port
+  python -m godot_bridge.serve --model models/walk --precision int8   # the int8 step graph
   python -m godot_bridge.serve --host 0.0.0.0 --token s3cret    # reachable from the LAN: a token is required
 
 Godot clients connect to ws://HOST:PORT/ (ws://HOST:PORT/?token=T when --token is set).
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = _Parser(prog="python -m godot_bridge.serve", description=__doc__,
                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped default model)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
+                    help="the model's step graph: float32, or int8 (faster; needs decoder-int8.onnx in the model "
+                         "directory) (default %(default)s)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     ap.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
     ap.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
@@ -147,7 +151,7 @@ async def serve_bridge(bridge: Bridge, host: str, port: int, token: str | None, 
 async def run(args: argparse.Namespace) -> int:
     """Load the model, serve until SIGINT/SIGTERM, then close every connection cleanly."""
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, precision=args.precision)
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -160,7 +164,7 @@ async def run(args: argparse.Namespace) -> int:
     mode = "lockstep" if args.lockstep else f"{model.fps:g} fps"
 
     def ready(port: int) -> None:
-        print(f"serving {model.name!r} on ws://{args.host}:{port}/ ({args.max_clients} clients x "
+        print(f"serving {model.name!r} ({model.precision}) on ws://{args.host}:{port}/ ({args.max_clients} clients x "
               f"{args.characters_per_client} characters, {mode}); Ctrl-C stops", flush=True)
 
     try:

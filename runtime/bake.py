@@ -20,7 +20,7 @@ from .cli import progress as with_progress
 from .control import ControlScript, resample_path
 from .controller import Controller
 from .gltf import write_glb
-from .model import MotionModel, ModelError, load_model
+from .model import PRECISIONS, MotionModel, ModelError, load_model
 from .motion import Motion
 from .preview import FORMATS as PREVIEW_FORMATS
 from .preview import MAX_PANELS, PreviewError, check_output, render
@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   python -m runtime.bake steer.glb --model models/walk --control joystick.json   # [[t, dir_x, dir_z, speed], ...]
   python -m runtime.bake route.bvh --model models/walk --control path.json       # [[x, z], ...]
   python -m runtime.bake raw.npz --no-foot-lock           # the model's poses as they are, feet not pinned
+  python -m runtime.bake fast.glb --model models/walk --precision int8   # the int8 step graph
 """
 
 
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, help="start frame index from the model's start frames (default random)")
     p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="onnxruntime device: %(choices)s (default %(default)s)")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="the step graph: float32, or int8 (faster; the model directory needs decoder-int8.onnx, "
+                        "see docs/model-directory.md) (default %(default)s)")
     p.add_argument("--control", metavar="JSON", help="steer with the model's policies: a joystick script or a "
                    "path (see runtime/control.py ControlScript)")
     p.add_argument("--no-foot-lock", dest="foot_lock", action="store_false",
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     try:
         outputs = _check_args(args)
-        model = load_model(args.model, providers=args.providers)
+        model = load_model(args.model, providers=args.providers, precision=args.precision)
         if args.start is not None and not 0 <= args.start < len(model.start_frames):
             raise BakeError(f"--start {args.start}: the model has start frames 0..{len(model.start_frames) - 1}")
         control = _control(args.control, model) if args.control else None
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{e.filename or args.out}: cannot write ({e.strerror or e})")
     resets = int(clip.resets.sum())
     print(f"baked {args.frames} frames x {args.characters} character(s) at {model.fps:g} fps from {model.name} "
-          f"({model.providers[0]}) -> {', '.join(map(str, outputs))}"
+          f"({model.providers[0]}, {model.precision}) -> {', '.join(map(str, outputs))}"
           + (f"; {resets} divergence reset(s)" if resets else ""))
     if args.preview:
         print(note)

@@ -20,6 +20,8 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 REQUIRED = ("schema_version", "name", "fps", "skeleton", "layout", "normalisation", "latent", "condition_frames",
             "start_frames", "files")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+FLOAT_FILE, INT8_FILE = "decoder.onnx", "decoder-int8.onnx"
+PRECISIONS = ("float32", "int8")  # of the step graph's network; the pose decoding is float32 in both
 
 
 class ModelError(ValueError):
@@ -60,6 +62,7 @@ class MotionModel:
     bounds: np.ndarray  # (2, F) normalised range beyond which a character counts as diverged
     codebook: np.ndarray | None = None  # (K, latent) for VQ models: latents are codes
     foot_lock_in_graph: bool = False  # decoder.onnx also locks feet (runtime/footlock.py, trainer/foot_lock_graph.py)
+    precision: str = "float32"  # which step graph `decoder` runs: float32 (decoder.onnx) or int8
     policies: dict[str, Policy] = field(default_factory=dict)
 
     @property
@@ -71,6 +74,11 @@ class MotionModel:
     def fps(self) -> float:
         """Frames per second the model steps at."""
         return float(self.meta["fps"])
+
+    @property
+    def decoder_file(self) -> Path:
+        """The ONNX file of the step graph `decoder` runs."""
+        return self.path / step_file(self.meta, self.precision)
 
     @property
     def latent_size(self) -> int:
@@ -217,12 +225,35 @@ def _check_foot_lock(sess, path: Path, meta: dict, skeleton: Skeleton, layout: F
     return True
 
 
-def load_model(path: str | Path | None = None, providers: str = "cpu", threads: int = 1) -> MotionModel:
+def step_file(meta: dict, precision: str) -> str:
+    """The file name of a model's step graph of a precision (model.json's precisions; decoder.onnx for float32)."""
+    return (meta.get("precisions") or {}).get(precision, FLOAT_FILE if precision == "float32" else "")
+
+
+def _step_graph(folder: Path, meta: dict, precision: str) -> Path:
+    """The checked file of the step graph of a precision; ModelError when the directory has none or a stale one."""
+    name = step_file(meta, precision)
+    if not name:
+        raise model_error(folder / "model.json", f"the model has no {precision} step graph; add one with "
+                                                 f"`python -m trainer.export --precision {precision} {folder}`")
+    path = checked_file(folder, meta, name)
+    source = meta["files"][name].get("quantised_from")
+    if source is not None and source != (meta["files"].get(FLOAT_FILE) or {}).get("sha256"):
+        raise model_error(path, f"was made from another {FLOAT_FILE} than this one; make it again with "
+                                f"`python -m trainer.export --precision {precision} {folder}`")
+    return path
+
+
+def load_model(path: str | Path | None = None, providers: str = "cpu", threads: int = 1,
+               precision: str = "float32") -> MotionModel:
     """Load and validate a model directory (None: the shipped default model).
 
-    providers: "cpu", "cuda" or "auto"; threads: onnxruntime intra-op threads (1 is fastest for small batches).
+    providers: "cpu", "cuda" or "auto"; threads: onnxruntime intra-op threads (1 is fastest for small batches);
+    precision: "float32" or "int8", the step graph to run (int8 when the directory has one).
     """
     folder = Path(path) if path is not None else DEFAULT_MODEL
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r} (expected {' or '.join(PRECISIONS)})")
     meta = read_meta(folder)
     meta_path = folder / "model.json"
     try:
@@ -249,7 +280,7 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
         raise model_error(meta_path, f"start_frames must be (count, {n_cond}, {size}), got {starts.shape}")
     if bounds.shape != (2, size):
         raise model_error(meta_path, f"bounds must be (2, {size}), got {bounds.shape}")
-    decoder_path = checked_file(folder, meta, "decoder.onnx")
+    decoder_path = _step_graph(folder, meta, precision)
     sess, used = onnx_session(decoder_path, providers, threads)
     c = len(layout.contact_joints)
     _check_io(sess, decoder_path,
@@ -257,7 +288,8 @@ def load_model(path: str | Path | None = None, providers: str = "cpu", threads: 
               {"next_condition": n_cond * size, "next_origin": 3, "next_yaw": 1, "positions": 3, "rotations": 4,
                "contacts": c, "next_frame": size})
     in_graph = _check_foot_lock(sess, decoder_path, meta, skeleton, layout)
-    model = MotionModel(folder, meta, skeleton, layout, shift, scale, starts, sess, used, bounds, codebook, in_graph)
+    model = MotionModel(folder, meta, skeleton, layout, shift, scale, starts, sess, used, bounds, codebook, in_graph,
+                        precision)
     for task, spec in (meta.get("policies") or {}).items():
         file = spec.get("file", f"policy-{task}.onnx")
         psess, _ = onnx_session(checked_file(folder, meta, file), providers, threads)
@@ -355,6 +387,10 @@ def _short(value: object) -> str:
     return (text if len(text) <= 60 else text[:57] + "...") if text else repr(value[:40] + "...")
 
 
+def _is_sha256(digest: object) -> bool:
+    return isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
 def _first_non_finite(meta: dict) -> tuple[str, float] | None:
     """Field path and value of the first NaN or infinity outside the provenance records and the bounds."""
     stack: list[tuple[str, object]] = [(k, v) for k, v in meta.items() if k not in RECORDS + ("bounds",)]
@@ -406,9 +442,17 @@ def check_meta(meta: dict, meta_path: Path, required: tuple[str, ...] = REQUIRED
     for name, entry in files.items():
         s.file_name(name, "files")
         entry = s.mapping(entry, f"files.{name}")
-        digest = entry.get("sha256")
-        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise s.error(f"files.{name}.sha256", "64 lowercase hex digits", _short(digest))
+        if not _is_sha256(entry.get("sha256")):
+            raise s.error(f"files.{name}.sha256", "64 lowercase hex digits", _short(entry.get("sha256")))
+    if meta.get("precisions") is not None:
+        for precision, name in s.mapping(meta["precisions"], "precisions").items():
+            if precision not in PRECISIONS:
+                raise s.error("precisions", f"keys among {', '.join(PRECISIONS)}", _short(precision))
+            if s.file_name(name, f"precisions.{precision}") not in files:
+                raise model_error(meta_path, f"'files' does not list {name} (the file of precisions.{precision})")
+    for name, entry in files.items():
+        if "quantised_from" in entry and not _is_sha256(entry["quantised_from"]):
+            raise s.error(f"files.{name}.quantised_from", "64 lowercase hex digits", _short(entry["quantised_from"]))
     if meta.get("policies") is not None:
         for task, spec in s.mapping(meta["policies"], "policies").items():
             _check_policy(s, task, spec, files, size, latent)

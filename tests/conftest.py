@@ -107,6 +107,19 @@ def model_dir(tmp_path_factory, frames_path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def int8_model_dir(tmp_path_factory, model_dir) -> Path:
+    """model_dir with its int8 step graph added (`trainer.export --precision int8`), in a folder of its own."""
+    import shutil
+
+    from trainer.quantize import add_int8
+
+    out = tmp_path_factory.mktemp("models") / "tiny8"
+    shutil.copytree(model_dir, out)
+    add_int8(out)
+    return out
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Print the fuzz tallies (tests/contract.py) when fuzz tests ran."""
     from tests.contract import summary

@@ -282,6 +282,25 @@ def _refused(op, match: str) -> None:
     assert "Traceback" not in str(caught.value), "a Python exception reached the user"
 
 
+def test_the_precision_switch_bakes_the_int8_graph_and_names_the_command_without_one(scene, int8_model_dir):
+    settings = scene.motion_vae
+    assert bpy.ops.motion_vae.create_armature() == {"FINISHED"}
+    obj, frames = settings.armature, 40
+    settings.precision = "int8"
+    before = _snapshot(scene)
+    _refused(bpy.ops.motion_vae.bake, "no int8 step graph; add one with `python -m trainer.export --precision int8")
+    assert _snapshot(scene) == before
+    settings.model_dir, settings.frames = str(int8_model_dir), frames
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    model = load_model(int8_model_dir, precision="int8")
+    clip = runtime_bake(model, frames, SEED)
+    want = model.skeleton.forward_kinematics(clip.rotations[:, 0].astype(np.float64),
+                                             clip.root_positions[:, 0].astype(np.float64))[0] @ Y_UP_TO_Z_UP.T
+    sample = np.arange(0, frames, 5)
+    error = np.linalg.norm(_baked_heads(obj, model.skeleton.names, sample) - want[sample], axis=-1)
+    assert error.max() < 0.01, f"the int8 bake is {error.max() * 100:.2f} cm off the runtime's int8 bake"
+
+
 def test_bad_input_is_reported_and_changes_nothing(scene, model_dir, tmp_path):
     settings = scene.motion_vae
     before = _snapshot(scene)

@@ -429,7 +429,7 @@ python -m runtime.bake clip.npz \\
 python benchmarks/no_such_benchmark.py
 python benchmarks/policy_eval.py --tasks dance
 bash scripts/demo.sh --fames 900
-python -m trainer.export --name x   # --out and run are missing
+python -m trainer.export --name x   # run is missing
 python -m runtime.bake ok.npz --frames 10 --seed 3 | tail -1   # fine
 ```
 
@@ -456,7 +456,7 @@ def test_the_checker_catches_what_it_should(tmp_path):
                      "unrecognized arguments: --frame 3", "no module runtime.nope",
                      "invalid int value: 'ten'", "no script", "no_such_benchmark.py", "invalid choice: 'dance'",
                      "scripts/demo.sh --fames 900: unrecognized arguments: --fames",
-                     "the following arguments are required: run, --out", "encode --bogus: unrecognized arguments",
+                     "the following arguments are required: run", "encode --bogus: unrecognized arguments",
                      "`runtime/no_such_file.py`: no such file", "runtime.model has no no_such_function",
                      "`NOSUCH.md`: no such file", "docs/nowhere.md: no such file",
                      "#imaginary: no heading with that anchor", "unrecognized arguments: --bogus-two"):

@@ -265,6 +265,26 @@ def test_the_exported_step_graph_locks_feet_as_numpy_does(model_dir):
     assert np.abs(ctrl.poses().local_rotations[5] - ctrl.state.rotations[5]).max() < 1e-6
 
 
+def test_the_graph_skips_its_lock_when_nobody_needs_it_and_lets_a_release_fade_first(model_dir):
+    """All locks off and nothing held: the If in the graph shows the raw pose and keeps no state; a lock switched off
+    while held still fades out before the graph stops running the lock."""
+    model = load_model(model_dir)
+    ctrl = Controller(model, 4, seed=3, foot_lock=True)
+    for _ in range(60):
+        ctrl.step()
+    assert ctrl.foot_lock.locked.any(), "nothing was locked"
+    ctrl.foot_lock.enabled[:] = False
+    weights = []
+    for _ in range(60):
+        ctrl.step()
+        weights.append(ctrl.foot_lock.weight.max())
+    assert 0 < weights[0] < 1 and weights[-1] == 0.0, f"the release did not fade: {weights[:5]}"
+    assert np.all(np.diff(weights) <= 1e-6), "a fading lock came back"
+    p = ctrl.step()
+    assert not ctrl.foot_lock.state.any(), "the skipped lock kept state"
+    assert np.array_equal(p.local_rotations, ctrl.state.rotations) and np.array_equal(p.positions, ctrl._positions)
+
+
 def test_custom_settings_reach_the_graph(model_dir):
     model = load_model(model_dir)
     ctrl = Controller(model, 4, seed=1, foot_lock=FootLockSettings(floor_m=0.5))  # a floor half a metre up

@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from runtime.bake import main as bake_main
-from runtime.model import DEFAULT_MODEL, SCHEMA_VERSION, sha256_file
+from runtime.model import DEFAULT_MODEL, INT8_FILE, SCHEMA_VERSION, sha256_file
 from tests.conftest import run_module
 from tests.contract import check_refusal, run_main, tally
 
@@ -238,3 +240,73 @@ def test_a_damaged_model_in_a_real_process(tmp_path):
     done = run_module("runtime.bake", str(tmp_path / "x.npz"), "--model", str(folder), timeout=120)
     assert done.returncode == 2 and "field 'fps' must be a finite number" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "x.npz")
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory) -> Path:
+    """The default model with its int8 step graph added (trainer.export --precision int8)."""
+    from trainer.quantize import add_int8
+
+    folder = new_dir(tmp_path_factory.mktemp("int8"), "m")
+    add_int8(folder)
+    return folder
+
+
+def int8_cases(meta: dict, rng: np.random.Generator) -> list[tuple[str, object, bool]]:
+    """Edits of an int8 model directory's precision entries: (what, model.json or a folder edit, accepted)."""
+    def change(fn) -> dict:
+        m = copy.deepcopy(meta)
+        fn(m)
+        return m
+
+    entry = meta["files"][INT8_FILE]
+    cases: list[tuple[str, object, bool]] = [
+        ("as exported", meta, True),
+        ("precisions a list", change(lambda m: m.update(precisions=["int8"])), False),
+        ("an unknown precision", change(lambda m: m["precisions"].update(fp16=INT8_FILE)), False),
+        ("the int8 file not listed", change(lambda m: m["precisions"].update(int8="other.onnx")), False),
+        ("the int8 file in a folder", change(lambda m: m["precisions"].update(int8="../decoder-int8.onnx")), False),
+        ("quantised_from not a hash", change(lambda m: m["files"][INT8_FILE].update(quantised_from="abc")), False),
+        ("quantised_from another decoder",
+         change(lambda m: m["files"][INT8_FILE].update(quantised_from="0" * 64)), False),
+        ("no precisions", change(lambda m: m.pop("precisions")), False),
+        ("the int8 file's hash wrong", change(lambda m: m["files"][INT8_FILE].update(sha256="f" * 64)), False),
+        ("the int8 graph missing", lambda f: (f / INT8_FILE).unlink(), False),
+        ("the int8 graph truncated", lambda f: (f / INT8_FILE).write_bytes(
+            (f / INT8_FILE).read_bytes()[:int(rng.integers(1, 100000))]), False),
+    ]
+    for _ in range(20):  # random values anywhere in the entries the precision adds
+        where = ["precisions", "int8"] if rng.random() < 0.4 else ["files", INT8_FILE, str(rng.choice(list(entry)))]
+        value = VALUES[int(rng.integers(len(VALUES)))]
+
+        def put(m, where=where, value=value):
+            node = m
+            for key in where[:-1]:
+                node = node[key]
+            node[where[-1]] = value
+        cases.append((f"{where} = {value!r}", change(put), None))
+    return cases
+
+
+def test_precision_entries_of_model_json_are_checked(tmp_path, int8_dir):
+    meta = json.loads((int8_dir / "model.json").read_text(encoding="utf-8"))
+    for n, (what, content, accepted) in enumerate(int8_cases(meta, np.random.default_rng(SEED))):
+        folder = tmp_path / f"p{n:03d}"
+        folder.mkdir()
+        for f in sorted(set(ONNX) | {INT8_FILE}):
+            shutil.copy(int8_dir / f, folder / f) if f == INT8_FILE else (folder / f).symlink_to(DEFAULT_MODEL / f)
+        (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+        if callable(content):
+            content(folder)
+        else:
+            (folder / "model.json").write_text(json.dumps(content), encoding="utf-8")
+        out = tmp_path / "c.npz"
+        result = run_main(bake_main, [out, "--model", folder, "--frames", "2", "-q", "--precision", "int8"])
+        if accepted is not None:
+            assert (result.code == 0) == accepted, f"{what}: {result.err}"
+        if result.code == 0:
+            with np.load(out) as clip:
+                assert np.isfinite(clip["local_rotations"]).all(), what
+            out.unlink()
+        else:
+            check_refusal(result, f"int8 case {n} ({what})", [str(folder)], [out], tmp_path)

@@ -335,7 +335,7 @@ def test_cli_serves_and_shuts_down_cleanly_on_sigterm(model_dir):
     proc = serve_cli("--model", str(model_dir), "--port", "0", "--max-clients", "2")
     try:
         line = proc.stdout.readline()
-        assert line.startswith("serving 'tiny' on ws://127.0.0.1:"), line
+        assert line.startswith("serving 'tiny' (float32) on ws://127.0.0.1:"), line
         url = line.split(" on ")[1].split(" ")[0]
 
         async def body():

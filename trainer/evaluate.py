@@ -31,7 +31,7 @@ from runtime.cli import UsageError, check_memory, check_output_file, fail, parse
 from runtime.contacts import foot_floor, planted_speed
 from runtime.controller import Controller
 from runtime.features import FeatureLayout, decode
-from runtime.model import MotionModel, ModelError, load_model
+from runtime.model import PRECISIONS, MotionModel, ModelError, load_model
 from runtime.rotations import quat_to_matrix, yaw_matrix
 
 from .checkpoint import CheckpointError, LoadedRun, checkpoint_path, load_run, read_checkpoint
@@ -312,7 +312,8 @@ def evaluate(model: MotionModel, frames: Frames, holdout_every: int, n_rollouts:
         raise FramesError(f"{frames.path}: its feature layout differs from the model's "
                           f"({frames.layout.size} vs {model.layout.size} features)")
     clips, note = evaluated_clips(frames, holdout_every, trained_every)
-    result: dict = {"model": str(model.path if run is None else run.run.path), "frames": str(frames.path),
+    result: dict = {"model": str(model.path if run is None else run.run.path), "precision": model.precision,
+                    "frames": str(frames.path),
                     "evaluated_clips": {"which": note, "count": int(len(clips)),
                                         "frames": int(len(clip_rows(frames, clips)))}}
     if run is not None:
@@ -326,17 +327,19 @@ def evaluate(model: MotionModel, frames: Frames, holdout_every: int, n_rollouts:
     return result
 
 
-def open_model(path: str | Path, device: str, scratch: Path) -> tuple[MotionModel, TorchModel | None, int | None]:
-    """The runtime model behind a model directory or a training run (exported into scratch first)."""
+def open_model(path: str | Path, device: str, scratch: Path,
+               precision: str = "float32") -> tuple[MotionModel, TorchModel | None, int | None]:
+    """The runtime model behind a model directory or a training run (exported into scratch first), stepping its
+    step graph of precision."""
     path = Path(path)
     if path.is_dir() and (path / "model.json").is_file():
-        return load_model(path), None, None
+        return load_model(path, precision=precision), None, None
     from .export import export_run  # the export pulls in the ONNX exporter: only runs need it
 
     run = load_run(path, resolve_device(device))
     export_run(load_run(path), scratch / "model", licence="evaluation copy",
-               data=read_checkpoint(checkpoint_path(path)).get("data", {}), check=False)
-    return load_model(scratch / "model"), TorchModel(run, resolve_device(device)), run.config.holdout_every
+               data=read_checkpoint(checkpoint_path(path)).get("data", {}), check=False, precision=precision)
+    return load_model(scratch / "model", precision=precision), TorchModel(run, resolve_device(device)), run.config.holdout_every
 
 
 def _fmt(value) -> str:
@@ -349,7 +352,7 @@ def _fmt(value) -> str:
 
 def format_table(result: dict) -> str:
     """The measures and the verdict as aligned text."""
-    lines = [f"model   {result['model']}", f"frames  {result['frames']}",
+    lines = [f"model   {result['model']} ({result.get('precision', 'float32')} step graph)", f"frames  {result['frames']}",
              f"judged against {result['evaluated_clips']['count']} clips "
              f"({result['evaluated_clips']['frames']} frames): {result['evaluated_clips']['which']}"]
     if "reconstruction" in result:
@@ -410,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="where to write the JSON (default: eval.json in the run folder, or "
                                        "beside nothing for a model directory: printed only)")
     parser.add_argument("--strict", action="store_true", help="exit with code 1 when the verdict is fail")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="the step graph the rollouts run: float32 or int8 (a model directory needs its int8 graph: "
+                             "`python -m trainer.export --precision int8 DIR`; default %(default)s)")
     return parser
 
 
@@ -427,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         frames = load_frames(args.frames)
         with tempfile.TemporaryDirectory(prefix="mvae-eval-") as scratch:
-            model, run, trained_every = open_model(args.model, args.device, Path(scratch))
+            model, run, trained_every = open_model(args.model, args.device, Path(scratch), args.precision)
             every = args.holdout_every if args.holdout_every is not None else (trained_every or DEFAULT_HOLDOUT_EVERY)
             result = evaluate(model, frames, every, args.rollouts, args.length, args.seed, run, trained_every)
         out = Path(args.json) if args.json else (checkpoint_path(args.model).parent / "eval.json" if run else None)

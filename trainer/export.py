@@ -17,19 +17,23 @@ import torch
 
 from runtime.cli import UsageError, fail, parse, write_error
 from runtime.footlock import idle_lock_inputs
-from runtime.model import SCHEMA_VERSION, ModelError, load_model, sha256_file
+from runtime.model import INT8_FILE, PRECISIONS, SCHEMA_VERSION, ModelError, load_model, sha256_file
 
 from .checkpoint import CheckpointError, LoadedRun, load_run, read_checkpoint
 from .config import TrainConfig
 from .data import Frames, Normaliser
 from .models import ModelSpec, MotionVAE
 from .staging import check_model_out, staged_dir
-from .foot_lock_graph import LOCK_INPUTS, LOCK_OUTPUTS, LockedStepGraph, foot_lock_meta, planted_heights
+from .foot_lock_graph import (LOCK_INPUTS, LOCK_OUTPUTS, LockedStepGraph, foot_lock_meta, planted_heights,
+                              skip_idle_lock)
+from .quantize import add_int8
 from .step_graph import INPUTS, OUTPUTS, StepGraph
 
 EXAMPLES = """examples:
   python -m trainer.export runs/walk --out models/walk
   python -m trainer.export runs/walk/checkpoint.pt --out models/walk --name walk --licence "CC0"
+  python -m trainer.export runs/walk --out models/walk --precision int8   # float32 and int8 step graphs
+  python -m trainer.export --precision int8 models/walk                   # add the int8 graph to a model directory
 """
 VERIFY_STEPS = 300
 VERIFY_TOLERANCE = 1e-4
@@ -57,6 +61,8 @@ def export_step_onnx(run: LoadedRun, bounds: np.ndarray, path: Path) -> tuple[li
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, example, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes={name: {0: "batch"} for name in batched}, opset_version=OPSET, dynamo=False)
+    if locked.n_legs:
+        skip_idle_lock(path)
     return inputs, outputs
 
 
@@ -143,17 +149,22 @@ def untrained_run(frames: Frames, config: TrainConfig | None = None, seed: int =
                      start_frames=frames.data[starts[:16]])
 
 
-def export(run_path: str | Path, out: str | Path, name: str | None = None, licence: str = "unspecified") -> float:
-    """Export a run folder or checkpoint to the model directory out; returns the verification difference."""
-    return export_run(load_run(run_path), out, name, licence, read_checkpoint(run_path).get("data", {}))
+def export(run_path: str | Path, out: str | Path, name: str | None = None, licence: str = "unspecified",
+           precision: str = "float32") -> float:
+    """Export a run folder or checkpoint to the model directory out; returns the verification difference.
+
+    precision int8 adds the int8 step graph beside the float32 one (trainer/quantize.py).
+    """
+    return export_run(load_run(run_path), out, name, licence, read_checkpoint(run_path).get("data", {}),
+                      precision=precision)
 
 
 def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence: str = "unspecified",
-               data: dict | None = None, check: bool = True) -> float:
+               data: dict | None = None, check: bool = True, precision: str = "float32") -> float:
     """Export a loaded run to the model directory out (replaced atomically); returns the verification difference.
 
     check=False skips comparing onnxruntime with torch (returning NaN), for scratch copies of runs under
-    evaluation, whose rollouts may blow up on purpose.
+    evaluation, whose rollouts may blow up on purpose. precision int8 adds the int8 step graph.
     """
     data = data or {}
     out = Path(out)
@@ -171,6 +182,8 @@ def export_run(run: LoadedRun, out: str | Path, name: str | None = None, licence
         if check and not diff < VERIFY_TOLERANCE:
             raise ModelError(f"{out}: onnxruntime and torch differ by {diff:.2e} (> {VERIFY_TOLERANCE:g}) "
                              "over the verification rollout; nothing was written")
+        if precision == "int8":
+            add_int8(staging)
     return diff
 
 
@@ -190,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a run folder (or its checkpoint.pt) written by trainer.train")
-    p.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
+    p.add_argument("run", help="a run folder (or its checkpoint.pt) written by trainer.train; or, with --precision "
+                               "int8 and no --out, a model directory to add the int8 step graph to")
+    p.add_argument("--out", help="the model directory to write (replaced if it exists)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32: decoder.onnx; int8: also decoder-int8.onnx, the network's weights int8 per output "
+                        "channel (default %(default)s)")
     p.add_argument("--name", help="model name (default: the folder name)")
     p.add_argument("--licence", default="unspecified",
                    help="licence note of the training data, kept in model.json (default %(default)s)")
@@ -201,20 +218,44 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on bad input."""
     args = parse(build_parser(), argv)
+    if args.out is None:
+        return _add_precision(args)
     dropped = superseded(args.out)
     try:
         check_model_out(Path(args.out), args.name)
-        diff = export(args.run, args.out, args.name, args.licence)
+        diff = export(args.run, args.out, args.name, args.licence, args.precision)
     except (CheckpointError, ModelError, UsageError) as e:
         return fail(e)
     except OSError as e:
         return fail(write_error(e, args.out))
     print(f"exported {args.run} -> {args.out}: onnxruntime vs torch max difference {diff:.2e} "
-          f"over a {VERIFY_STEPS}-step rollout (tolerance {VERIFY_TOLERANCE:g})")
+          f"over a {VERIFY_STEPS}-step rollout (tolerance {VERIFY_TOLERANCE:g})"
+          + (f"; with {INT8_FILE}" if args.precision == "int8" else ""))
     if dropped:
         # Policies steer the old decoder's latents, so keeping them would give characters that walk wrong.
         print(f"note: {args.out} held {', '.join(dropped)}; an export writes the new decoder alone, so train "
               "and export those again")
+    return 0
+
+
+def _add_precision(args: argparse.Namespace) -> int:
+    """`trainer.export --precision int8 MODEL_DIR`: the int8 step graph added to an existing model directory."""
+    folder = Path(args.run)
+    if not (folder / "model.json").is_file():
+        return fail(f"{folder}: --out is required to export a run (only a model directory, with --precision int8, "
+                    "is exported in place)")
+    if args.precision != "int8" or args.name is not None:
+        return fail(f"{folder}: a model directory takes only --precision int8 (adding its int8 step graph); give a "
+                    "run folder and --out to export")
+    try:
+        figures = add_int8(folder)
+    except ModelError as e:
+        return fail(e)
+    except OSError as e:
+        return fail(write_error(e, folder))
+    print(f"added {folder / INT8_FILE}: its next frame differs from the float32 graph's by {figures['mean']:.2e} "
+          f"on average and {figures['max']:.2e} at most (standard deviations of the data) over a "
+          f"{figures['steps']}-step rollout of {figures['characters']} characters")
     return 0
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from runtime.contacts import foot_floor
 from runtime.features import FeatureLayout
-from runtime.footlock import PARAMS, STATE_WIDTH, VERSION, FootLockRig, contact_heights, find_legs, lock_step
+from runtime.footlock import PARAMS, STATE, STATE_WIDTH, VERSION, FootLockRig, contact_heights, find_legs, lock_step
 from runtime.model import MotionModel, onnx_session
 from runtime.skeleton import Skeleton
 
@@ -95,6 +95,66 @@ def foot_lock_meta(skeleton: Skeleton, layout: FeatureLayout, planted: np.ndarra
     return {"version": VERSION, "state_width": STATE_WIDTH, "parameters": list(PARAMS),
             "legs": [[names[g.hip], names[g.knee], names[g.ankle], names[g.pin]] for g in find_legs(skeleton, layout)],
             "planted_m": [round(float(h), 6) for h in planted]}
+
+
+def skip_idle_lock(path: Path) -> None:
+    """Rewrite the exported graph at path so its foot lock runs only when a character needs it (an ONNX If).
+
+    onnxruntime runs every node of a graph on every call, and at one character the lock's nodes cost about as much
+    as the rest of the step. When no character has its lock on and no lock is held or fading, the If takes the
+    other branch instead: the raw rotations and the model's positions shown, and an empty lock state (as after a
+    reset), so a lock switched on later starts afresh.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    producer = {out: node for node in g.node for out in node.output}
+    step, stack = set(), list(OUTPUTS)
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in step:
+            step.add(id(node))
+            stack.extend(node.input)
+    lock = [node for node in g.node if id(node) not in step]
+    kept = [node for node in g.node if id(node) in step]
+    # The lock's own constants move into its branch (the step's stay outside, where the branch can read them).
+    used_by_step = {name for node in kept for name in node.input}
+    own = [init for init in g.initializer if init.name not in used_by_step
+           and any(init.name in node.input for node in lock)]
+    for init in own:
+        g.initializer.remove(init)
+    inner = [f"locked_{name}" for name in LOCK_OUTPUTS]
+    then = helper.make_graph(
+        lock + [helper.make_node("Identity", [name], [out]) for name, out in zip(LOCK_OUTPUTS, inner)], "lock", [],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None) for out in inner], own)
+    skipped = [f"skipped_{name}" for name in LOCK_OUTPUTS]
+    otherwise = helper.make_graph(
+        [helper.make_node("Identity", ["rotations"], [skipped[0]]),
+         helper.make_node("Identity", ["positions"], [skipped[1]]),
+         helper.make_node("Shape", ["foot_lock_state"], ["lock_shape"]),
+         helper.make_node("ConstantOfShape", ["lock_shape"], [skipped[2]],
+                          value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))], "no_lock", [],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None) for out in skipped])
+    # Run the lock when any character has it on, or a lock is held or still fading out (locked, left, weight).
+    busy = helper.make_tensor("busy_columns", TensorProto.INT64, [3], [STATE["locked"], STATE["left"], STATE["weight"]])
+    cond = [
+        helper.make_node("Cast", ["foot_lock_enabled"], ["lock_on"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["lock_on"], ["any_on"], keepdims=0),
+        helper.make_node("Constant", [], ["busy_columns"], value=busy),
+        helper.make_node("Gather", ["foot_lock_state", "busy_columns"], ["lock_busy"], axis=2),
+        helper.make_node("Abs", ["lock_busy"], ["lock_busy_abs"]),
+        helper.make_node("ReduceMax", ["lock_busy_abs"], ["any_busy"], keepdims=0),
+        helper.make_node("Add", ["any_on", "any_busy"], ["lock_need"]),
+        helper.make_node("Constant", [], ["lock_zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Greater", ["lock_need", "lock_zero"], ["run_lock"]),
+        helper.make_node("If", ["run_lock"], LOCK_OUTPUTS, then_branch=then, else_branch=otherwise),
+    ]
+    del g.node[:]
+    g.node.extend(kept + cond)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def step_only(path: Path) -> bytes:

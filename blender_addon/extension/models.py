@@ -8,7 +8,7 @@ import bpy
 from .errors import AddonError
 from .runtime.model import DEFAULT_MODEL, MotionModel, load_model
 
-_cache: dict[Path, tuple[float, MotionModel]] = {}
+_cache: dict[tuple[Path, str], tuple[float, MotionModel]] = {}
 
 
 def resolve(setting: str) -> Path:
@@ -21,21 +21,22 @@ def resolve(setting: str) -> Path:
                      "decoder.onnx, written by `python -m trainer.export`).")
 
 
-def load(setting: str) -> MotionModel:
-    """The model of a directory setting; runtime.model.ModelError says what is wrong with a bad one."""
+def load(setting: str, precision: str = "float32") -> MotionModel:
+    """The model of a directory setting, stepping its precision's graph; runtime.model.ModelError says what is wrong
+    with a bad one."""
     path = resolve(setting)
     meta = path / "model.json"
     stamp = meta.stat().st_mtime if meta.is_file() else -1.0
-    hit = _cache.get(path)
+    hit = _cache.get((path, precision))
     if hit is None or hit[0] != stamp:
-        _cache[path] = (stamp, load_model(path))
-    return _cache[path][1]
+        _cache[path, precision] = (stamp, load_model(path, precision=precision))
+    return _cache[path, precision][1]
 
 
-def peek(setting: str) -> MotionModel | None:
+def peek(setting: str, precision: str = "float32") -> MotionModel | None:
     """The model already loaded for a setting, or None; never loads (the panel calls it on every redraw)."""
     try:
-        hit = _cache.get(resolve(setting))
+        hit = _cache.get((resolve(setting), precision))
     except AddonError:
         return None
     return None if hit is None else hit[1]

@@ -99,7 +99,7 @@ class _Target:
     @property
     def key(self) -> tuple:
         """What a live session made from this target depends on (its steering can change between plays)."""
-        return self.obj.name, self.model.path, self.seed, self.start, tuple(self.mapping.items()), self.foot_lock
+        return self.obj.name, self.model.path, self.model.precision, self.seed, self.start, tuple(self.mapping.items()), self.foot_lock
 
     def session(self) -> live.LiveSession:
         """A live session on this target."""
@@ -115,7 +115,7 @@ def _target(context: bpy.types.Context) -> _Target:
     """The model, armature, bone map and steering of the panel, checked; nothing in the scene changes."""
     settings = context.scene.motion_vae
     obj = _armature(context)
-    model = models.load(settings.model_dir)
+    model = models.load(settings.model_dir, settings.precision)
     check_policy(settings.mode, model.policies, f"model '{model.name}'")
     start = _start(context, len(model.start_frames))
     mapping, binding = _mapping(obj, model.skeleton)
@@ -171,7 +171,7 @@ class MOTION_VAE_OT_create_armature(bpy.types.Operator):
 
     @reports_errors
     def execute(self, context):
-        model = models.load(context.scene.motion_vae.model_dir)
+        model = models.load(context.scene.motion_vae.model_dir, context.scene.motion_vae.precision)
         obj = create_armature(context, model.skeleton, model.name)
         _store_map(obj, {name: name for name in model.skeleton.names})
         context.scene.motion_vae.armature = obj
@@ -189,7 +189,7 @@ class MOTION_VAE_OT_auto_map(bpy.types.Operator):
     @reports_errors
     def execute(self, context):
         obj = _armature(context)
-        model = models.load(context.scene.motion_vae.model_dir)
+        model = models.load(context.scene.motion_vae.model_dir, context.scene.motion_vae.precision)
         mapping = auto_match(model.skeleton.names, [b.name for b in obj.data.bones])
         _store_map(obj, mapping)
         missing = [joint for joint, bone in mapping.items() if not bone]

@@ -15,6 +15,11 @@ MODES = [
     ("CURVE", "Follow curve", "Follow the first spline of a curve object, read when play starts "
                               "(needs a model with a 'path' policy)"),
 ]
+PRECISIONS = [
+    ("float32", "float32", "The model's float32 step graph (decoder.onnx)"),
+    ("int8", "int8", "The int8 step graph (decoder-int8.onnx): faster, made by "
+                     "`python -m trainer.export --precision int8 MODEL_DIR`"),
+]
 SOURCES = [
     ("LOCAL", "Local", "Step the panel's model inside Blender"),
     ("SERVER", "godot_bridge server", "Show the frames a running `python -m godot_bridge.serve` streams"),
@@ -48,6 +53,8 @@ class MotionVAESceneSettings(bpy.types.PropertyGroup):
 
     model_dir: StringProperty(name="Model", subtype="DIR_PATH",
                               description="Model directory (model.json + decoder.onnx); empty: the shipped model")
+    precision: EnumProperty(name="Precision", items=PRECISIONS, default="float32",
+                            description="Which of the model's step graphs runs (Local play and Bake)")
     armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature,
                               description="Armature to drive (empty: the active object)")
     mode: EnumProperty(name="Mode", items=MODES, default="RANDOM")

@@ -39,6 +39,7 @@ class MOTION_VAE_PT_main(bpy.types.Panel):
         settings = context.scene.motion_vae
         layout = self.layout
         layout.prop(settings, "model_dir")
+        layout.prop(settings, "precision", expand=True)
         row = layout.row(align=True)
         row.prop(settings, "armature")
         row.operator("motion_vae.create_armature", text="", icon="ADD")
@@ -52,7 +53,7 @@ class MOTION_VAE_PT_main(bpy.types.Panel):
             col.prop(settings, "server_token")
 
         # A server's policies are known once connected; until then only what the protocol can carry is offered.
-        model = models.peek(settings.model_dir)
+        model = models.peek(settings.model_dir, settings.precision)
         tasks = STREAMED_TASKS if server else (model.policies if model is not None else {})
         box = layout.box()
         box.label(text="Mode")
