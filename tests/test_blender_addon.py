@@ -220,8 +220,8 @@ def test_bake_on_a_rig_with_other_rest_pose_and_names(scene, model_dir, expected
     assert bpy.ops.motion_vae.auto_map() == {"FINISHED"}
     rows = {row.joint: row for row in obj.motion_vae.bone_map}
     assert rows["Spine1"].bone == "spine_01" and rows["LeftForeArm"].bone == "forearm.L"
-    assert rows["Hips"].bone == "" and rows["RightToeBase"].bone == ""  # no name match: the user picks them
-    rows["Hips"].bone, rows["RightToeBase"].bone = "pelvis", "toe.R"
+    # No preset names them, the hierarchy does: the hips are where legs and spine branch, the toe ends the leg.
+    assert rows["Hips"].bone == "pelvis" and rows["RightToeBase"].bone == "toe.R"
     assert bpy.ops.motion_vae.bake() == {"FINISHED"}
 
     names, positions = expected
