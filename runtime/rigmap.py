@@ -26,7 +26,6 @@ LIMB_PARTS = ("shoulder", "upper_arm", "forearm", "hand", "thigh", "shin", "foot
 CENTRE_PARTS = ("hips", "neck", "head")
 ARM_FROM_SPINE = 0.3  # an arm reaches sideways at least this times the hips-to-bone distance from the spine
 MIN_SPAN_M = 1e-4  # joints closer than this (in model metres) give no direction
-UPPER_ARM_OUT = 0.15  # an upper arm's head is out from the spine at least this share of its chain's reach
 
 # Bone names of each convention, per body part; "spine" lists the chain from the hips up to the chest.
 PRESETS: dict[str, dict[str, object]] = {
@@ -193,13 +192,16 @@ def _longest_pair(spans: np.ndarray) -> int:
     return int(np.argmax(spans[:-1] + spans[1:])) if len(spans) > 1 else 0
 
 
-def _upper_arm(rig: RigBones, chain: list[int]) -> int:
-    """Index of the upper arm in an arm chain: the first bone whose head is well out from the spine's centre."""
+def _upper_arm(rig: RigBones, chain: list[int], hip_width: float) -> int:
+    """Index of the upper arm in an arm chain: the first bone whose head is further out from the spine's centre line
+    than the hip joints are from theirs (a collarbone starts inside that; a shoulder joint sits outside it)."""
     out = np.abs(rig.heads[chain, 0] - rig.heads[rig.parents[chain[0]], 0])
-    return int(np.argmax(out >= UPPER_ARM_OUT * out.max()))
+    beyond = np.flatnonzero(out > 0.5 * hip_width)
+    return int(beyond[0]) if len(beyond) else 0
 
 
-def _limb(rig: RigBones, chain: list[int], parts: tuple[str, ...], named: dict[str, int], side: str) -> dict[str, int]:
+def _limb(rig: RigBones, chain: list[int], parts: tuple[str, ...], named: dict[str, int], side: str,
+          hip_width: float = 0.0) -> dict[str, int]:
     """Parts of one limb chain: named bones where they sit in order, the rest from the chain's shape.
 
     parts are (root part or "", upper, lower, end, tip or "") in chain order. An arm (root part given) finds its
@@ -211,8 +213,8 @@ def _limb(rig: RigBones, chain: list[int], parts: tuple[str, ...], named: dict[s
     pos = {p: where.get(named.get(f"{p}.{side}", -1), -1) for p in parts if p}
     spans = _spans(rig, chain)
     u = pos[upper]
-    if u < 0 or (root and u == 0 and pos[root] < 0 and _upper_arm(rig, chain) > 0):
-        u = _upper_arm(rig, chain) if root else _longest_pair(spans)
+    if u < 0 or (root and u == 0 and pos[root] < 0 and _upper_arm(rig, chain, hip_width) > 0):
+        u = _upper_arm(rig, chain, hip_width) if root else _longest_pair(spans)
     lo = pos[lower] if pos[lower] > u else u + 1
     e = pos[end] if pos[end] > lo else lo + 1
     out = {f"{upper}.{side}": chain[u]}
@@ -274,13 +276,17 @@ def find_body(rig: RigBones) -> Body:
         if not rig.children[bone]:
             break
         bone = max(rig.children[bone], key=lambda c: (len(rig.subtree[c]), -c))
+    hip_width = abs(rig.heads[parts.get("thigh.L", hips), 0] - rig.heads[parts.get("thigh.R", hips), 0])
     for arm, side in zip(arms, "LR"):
-        parts.update(_limb(rig, _chain(rig, arm), ("shoulder", "upper_arm", "forearm", "hand", ""), named, side))
+        parts.update(_limb(rig, _chain(rig, arm), ("shoulder", "upper_arm", "forearm", "hand", ""), named, side,
+                           hip_width))
     rest = [c for c in rig.children[spine[-1]] if c not in arms]
     if arms and rest:
         neck_chain = _chain(rig, max(rest, key=lambda c: rig.heads[list(rig.subtree[c]), 1].max()))
         where = {b: i for i, b in enumerate(neck_chain)}
-        n = where.get(named.get("neck", -1), 0)
+        # Without a name, the neck is the chain's first bone away from the chest (not an in-between at its head).
+        away = np.linalg.norm(rig.heads[neck_chain] - rig.heads[spine[-1]], axis=1) > 1e-3 * height
+        n = where.get(named.get("neck", -1), int(np.argmax(away)) if away.any() else 0)
         parts["neck"] = neck_chain[n]
         h = where.get(named.get("head", -1), -1)
         h = h if h > n else n + 1

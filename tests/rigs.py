@@ -41,6 +41,10 @@ class RigSpec:
         if joint is not None:
             self.expected[joint] = name
 
+    def align_array(self, skeleton: Skeleton, joints: np.ndarray) -> np.ndarray:
+        """(M, 3, 3) the known alignment of joints (indices into skeleton)."""
+        return np.stack([self.align[skeleton.names[j]] for j in joints])
+
     @property
     def head_array(self) -> np.ndarray:
         """(B, 3) heads."""
@@ -223,7 +227,42 @@ def rigs(skeleton: Skeleton) -> list[RigSpec]:
         spec.add(f"{side}ToeBase", f"{side}Foot", body[f"{side}ToeBase"], f"{side}ToeBase")
     spec.align.update(body.align)
     out.append(spec)
+
+    # The CMU ASF naming (subject 131's BVH): arms hanging down, collars named Collar and upper arms Shoulder,
+    # in-between bones at the hips (LHipJoint), the neck (lowerneck) and the wrists (lhand).
+    body = _Posed(skeleton, a_pose=90.0)
+    spec = RigSpec("cmu-asf", "cmu-asf", roll_seed=11)
+    spec.add("Hips", None, body["Hips"], "Hips")
+    for side, letter in (("Left", "L"), ("Right", "R")):
+        spec.add(f"{letter}HipJoint", "Hips", body["Hips"])
+        spec.add(f"{side}Hip", f"{letter}HipJoint", body[f"{side}UpLeg"], f"{side}UpLeg")
+        spec.add(f"{side}Knee", f"{side}Hip", body[f"{side}Leg"], f"{side}Leg")
+        spec.add(f"{side}Ankle", f"{side}Knee", body[f"{side}Foot"], f"{side}Foot")
+        spec.add(f"{side}Toe", f"{side}Ankle", body[f"{side}ToeBase"], f"{side}ToeBase")
+    spec.add("lowerback", "Hips", body["Spine"], "Spine")
+    spec.add("Chest", "lowerback", body["Spine1"], "Spine1")
+    spec.add("Chest2", "Chest", body["Spine2"], "Spine2")
+    spec.add("lowerneck", "Chest2", body["Spine2"])
+    spec.add("Neck", "lowerneck", body["Neck"], "Neck")
+    spec.add("Head", "Neck", body["Head"], "Head")
+    for side, letter in (("Left", "l"), ("Right", "r")):
+        spec.add(f"{side}Collar", "Chest2", body[f"{side}Shoulder"], f"{side}Shoulder")
+        spec.add(f"{side}Shoulder", f"{side}Collar", body[f"{side}Arm"], f"{side}Arm")
+        spec.add(f"{side}Elbow", f"{side}Shoulder", body[f"{side}ForeArm"], f"{side}ForeArm")
+        spec.add(f"{side}Wrist", f"{side}Elbow", body[f"{side}Hand"], f"{side}Hand")
+        spec.add(f"{letter}hand", f"{side}Wrist", body[f"{side}Hand"])
+        spec.add(f"{side[0]}Fingers", f"{letter}hand", body[f"{side}Hand"] + [0, -0.08, 0])
+    spec.align.update(body.align)
+    out.append(spec)
     return out
+
+
+def anonymous(spec: RigSpec) -> RigSpec:
+    """The same rig with every bone renamed bone_000, bone_001, ...: only the hierarchy and rest pose are left."""
+    rename = {n: f"bone_{i:03d}" for i, n in enumerate(spec.names)}
+    return RigSpec(spec.name + "-anonymous", "model", [rename[n] for n in spec.names], list(spec.parents),
+                   list(spec.heads), {j: rename[b] for j, b in spec.expected.items()}, dict(spec.align),
+                   spec.leg_scale, spec.roll_seed)
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
