@@ -554,11 +554,11 @@ def _bend_normal(hip: np.ndarray, knee: np.ndarray, end: np.ndarray, forward: np
     return axis, bend, np.cross(axis, bend)
 
 
-def _follow_feet(rig: RigBones, plan: Transfer, turn: np.ndarray, heads: np.ndarray, targets: np.ndarray,
-                 forward: np.ndarray) -> None:
-    """Turn each leg's thigh and shin (two-bone IK, in the plane of its own knee) so its held bone reaches its target
-    (T, L, 3), the foot keeping its turn; turn is changed in place. forward (T, L, 3): the knee's bend direction,
-    used where the leg is straight."""
+def _leg_turns(rig: RigBones, plan: Transfer, heads: np.ndarray, targets: np.ndarray,
+               forward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The world turns (T, L, 3, 3) of each leg's thigh and of its shin (two-bone IK, in the plane of its own knee)
+    that bring its held bone to its target (T, L, 3), the foot keeping its own turn. forward (T, L, 3): the knee's
+    bend direction, used where the leg is straight."""
     thigh, shin, foot, pin = (plan.legs[:, i] for i in range(4))
     hip, knee, ankle = heads[:, thigh], heads[:, shin], heads[:, foot]
     want = targets - (heads[:, pin] - ankle)
@@ -573,6 +573,12 @@ def _follow_feet(rig: RigBones, plan: Transfer, turn: np.ndarray, heads: np.ndar
     # The thigh turns onto its new direction and the bend plane onto the new one; the shin then swings in that plane.
     first = _frame(new_knee - hip, normal) @ np.swapaxes(_frame(knee - hip, was_normal), -1, -2)
     second = _swing(_unit(np.einsum("tlij,tlj->tli", first, ankle - knee)), _unit(want - new_knee)) @ first
+    return first, second
+
+
+def _apply_leg_turns(rig: RigBones, plan: Transfer, turn: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
+    """Turn each leg's bones from the thigh down to the foot (in-between ones too) by _leg_turns', in place."""
+    thigh, shin, foot = (plan.legs[:, i] for i in range(3))
     for leg in range(len(plan.legs)):
         below_foot = set(rig.subtree[foot[leg]])
         upper = [b for b in rig.subtree[thigh[leg]] if b not in below_foot and b not in rig.subtree[shin[leg]]]
@@ -610,8 +616,32 @@ def rig_world(skeleton: Skeleton, rig: RigBones, plan: Transfer, local_rotations
     root_head = plan.root_scale * np.asarray(root_positions, np.float64)
     heads = _heads(rig, turn, plan.bones[0], root_head)
     if follow_feet and len(plan.legs):
-        knees = plan.joints[driven[plan.legs[:, 1]]]
-        _follow_feet(rig, plan, turn, heads, plan.root_scale * positions[:, plan.legs[:, 4]],
-                     world[:, knees][..., 2])
+        first, second = _leg_turns(rig, plan, heads, plan.root_scale * positions[:, plan.legs[:, 4]],
+                                   world[:, plan.joints[driven[plan.legs[:, 1]]]][..., 2])
+        _apply_leg_turns(rig, plan, turn, first, second)
         heads = _heads(rig, turn, plan.bones[0], root_head)
     return heads, turn
+
+
+def follow_feet_rotations(skeleton: Skeleton, rig: RigBones, plan: Transfer, local_rotations: np.ndarray,
+                          root_positions: np.ndarray) -> np.ndarray:
+    """Model local rotation matrices (T, J, 3, 3) with each leg's hip, knee and ankle joints turned as rig_world's
+    follow_feet turns the rig's: shown on the rig through the plan, they put its toes where the model's land
+    (for a client that applies the plan itself, such as the Godot addon)."""
+    rotations = np.asarray(local_rotations, np.float64)
+    positions, world = skeleton.forward_kinematics_matrices(rotations, np.asarray(root_positions, np.float64))
+    heads, _ = rig_world(skeleton, rig, plan, rotations, root_positions, follow_feet=False)
+    driven = {int(b): int(j) for j, b in zip(plan.joints, plan.bones)}
+    thighs = np.array([driven[b] for b in plan.legs[:, 0]], np.int64)
+    shins = np.array([driven[b] for b in plan.legs[:, 1]], np.int64)
+    feet = np.array([driven[b] for b in plan.legs[:, 2]], np.int64)
+    first, second = _leg_turns(rig, plan, heads, plan.root_scale * positions[:, plan.legs[:, 4]],
+                               world[:, shins][..., 2])
+    out = rotations.copy()
+    new_world = world.copy()
+    new_world[:, thighs] = first @ world[:, thighs]
+    new_world[:, shins] = second @ world[:, shins]
+    out[:, thighs] = np.swapaxes(world[:, skeleton.parents[thighs]], -1, -2) @ new_world[:, thighs]
+    out[:, shins] = np.swapaxes(new_world[:, skeleton.parents[shins]], -1, -2) @ new_world[:, shins]
+    out[:, feet] = np.swapaxes(new_world[:, skeleton.parents[feet]], -1, -2) @ world[:, feet]
+    return out

@@ -138,3 +138,17 @@ def test_a_rig_without_hips_is_refused_with_what_is_missing(model):
     with pytest.raises(rigmap.RigMatchError, match="no hips"):
         rigmap.find_body(rig)
     assert rigmap.match(model.skeleton, rig).preset == "names"
+
+
+@pytest.mark.parametrize("name", ["rigify", "godot"])
+def test_leg_rotations_for_a_client_show_the_rig_what_rig_world_shows(model, clip, name):
+    spec, sk = SPECS[name], model.skeleton
+    rig = _rig(spec)
+    plan = rigmap.transfer(sk, rig, rigmap.match(sk, rig).bone_map)
+    rot = quat_to_matrix(clip.rotations[:, 0].astype(np.float64))
+    root = clip.root_positions[:, 0].astype(np.float64)
+    heads, turn = rigmap.rig_world(sk, rig, plan, rot, root)
+    moved = rigmap.follow_feet_rotations(sk, rig, plan, rot, root)
+    heads_again, turn_again = rigmap.rig_world(sk, rig, plan, moved, root, follow_feet=False)
+    assert angle_deg(turn, turn_again).max() < 1e-6 and np.abs(heads - heads_again).max() < 1e-6
+    assert angle_deg(moved, rot).max() > 1.0  # the legs did move
