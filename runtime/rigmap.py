@@ -26,6 +26,7 @@ LIMB_PARTS = ("shoulder", "upper_arm", "forearm", "hand", "thigh", "shin", "foot
 CENTRE_PARTS = ("hips", "neck", "head")
 ARM_FROM_SPINE = 0.3  # an arm reaches sideways at least this times the hips-to-bone distance from the spine
 MIN_SPAN_M = 1e-4  # joints closer than this (in model metres) give no direction
+UPPER_ARM_OUT = 0.4  # an upper arm starts at least this times the hip joints' spacing out from the spine
 
 # Bone names of each convention, per body part; "spine" lists the chain from the hips up to the chest.
 PRESETS: dict[str, dict[str, object]] = {
@@ -155,7 +156,8 @@ def _norm(name: str) -> str:
 
 
 def _pick_preset(rig: RigBones) -> tuple[str, dict[str, int]]:
-    """The preset naming most of the rig's bones (exact names first, then ignoring case and separators)."""
+    """The preset naming most of the rig's bones (exact names first, then ignoring case and separators), and the
+    bones it names; "hierarchy" and none when no preset names any."""
     exact = {n: i for i, n in enumerate(rig.names)}
     loose: dict[str, int] = {}
     for i, n in enumerate(rig.names):
@@ -170,7 +172,7 @@ def _pick_preset(rig: RigBones) -> tuple[str, dict[str, int]]:
         if best is None or score > best[0]:
             best = (score, preset, named)
     assert best is not None
-    return best[1], best[2]
+    return (best[1], best[2]) if best[0] != (0, 0) else ("hierarchy", {})
 
 
 def _chain(rig: RigBones, start: int) -> list[int]:
@@ -194,9 +196,9 @@ def _longest_pair(spans: np.ndarray) -> int:
 
 def _upper_arm(rig: RigBones, chain: list[int], hip_width: float) -> int:
     """Index of the upper arm in an arm chain: the first bone whose head is further out from the spine's centre line
-    than the hip joints are from theirs (a collarbone starts inside that; a shoulder joint sits outside it)."""
+    than UPPER_ARM_OUT times the hip joints' spacing (a collarbone starts inside that, a shoulder joint outside)."""
     out = np.abs(rig.heads[chain, 0] - rig.heads[rig.parents[chain[0]], 0])
-    beyond = np.flatnonzero(out > 0.5 * hip_width)
+    beyond = np.flatnonzero(out >= UPPER_ARM_OUT * hip_width)
     return int(beyond[0]) if len(beyond) else 0
 
 

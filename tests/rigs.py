@@ -260,7 +260,7 @@ def rigs(skeleton: Skeleton) -> list[RigSpec]:
 def anonymous(spec: RigSpec) -> RigSpec:
     """The same rig with every bone renamed bone_000, bone_001, ...: only the hierarchy and rest pose are left."""
     rename = {n: f"bone_{i:03d}" for i, n in enumerate(spec.names)}
-    return RigSpec(spec.name + "-anonymous", "model", [rename[n] for n in spec.names], list(spec.parents),
+    return RigSpec(spec.name + "-anonymous", "hierarchy", [rename[n] for n in spec.names], list(spec.parents),
                    list(spec.heads), {j: rename[b] for j, b in spec.expected.items()}, dict(spec.align),
                    spec.leg_scale, spec.roll_seed)
 
