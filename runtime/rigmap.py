@@ -19,6 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .bone_alignment import orthonormal_frames
 from .skeleton import Skeleton
 
 SIDES = {"L": ("Left", "l", "L"), "R": ("Right", "r", "R")}  # {Side}, {s}, {S} in a preset's names
@@ -111,6 +112,12 @@ class RigBones:
             order.append(b)
             stack.extend(self.children[b])
         return order[::-1]
+
+    @cached_property
+    def levels(self) -> tuple[np.ndarray, ...]:
+        """The bones grouped by depth, roots first."""
+        depth = np.array([len(self.ancestors(b)) for b in range(len(self.names))], np.int64)
+        return tuple(np.flatnonzero(depth == d) for d in range(depth.max() + 1))
 
     def ancestors(self, bone: int) -> list[int]:
         """The bones above bone, nearest first."""
@@ -414,14 +421,6 @@ def _swing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _frame(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Orthonormal frames (..., 3, 3): columns first, second made square to it, and their cross product."""
-    u1 = first / np.linalg.norm(first, axis=-1, keepdims=True)
-    u2 = second - np.sum(u1 * second, axis=-1, keepdims=True) * u1
-    u2 = u2 / np.linalg.norm(u2, axis=-1, keepdims=True)
-    return np.stack([u1, u2, np.cross(u1, u2)], axis=-1)
-
-
 class _Rest:
     """Rest vectors between driven joints, in the model and in the rig, for the alignment's directions."""
 
@@ -509,7 +508,7 @@ def transfer(skeleton: Skeleton, rig: RigBones, bone_map: dict[str, str]) -> Tra
                 or np.linalg.norm(np.cross(pr, second[1])) < 1e-6:
             align[joint] = _swing(pm, pr)
         else:
-            align[joint] = _frame(pr, second[1]) @ _frame(pm, second[0]).T
+            align[joint] = orthonormal_frames(pr, second[1]) @ orthonormal_frames(pm, second[0]).T
     joints = np.array(sorted(bone_of), np.int64)
     bones = np.array([bone_of[j] for j in joints], np.int64)
     plan = Transfer(joints, bones, np.stack([align[j] for j in joints]), 1.0, _legs(skeleton, bone_of))
@@ -523,16 +522,10 @@ def transfer(skeleton: Skeleton, rig: RigBones, bone_map: dict[str, str]) -> Tra
     return Transfer(joints, bones, plan.align, float(scale), plan.legs)
 
 
-def rig_levels(rig: RigBones) -> tuple[np.ndarray, ...]:
-    """The rig's bones grouped by depth, roots first."""
-    depth = np.array([len(rig.ancestors(b)) for b in range(len(rig.names))], np.int64)
-    return tuple(np.flatnonzero(depth == d) for d in range(depth.max() + 1))
-
-
 def _heads(rig: RigBones, turn: np.ndarray, root: int, root_head: np.ndarray) -> np.ndarray:
     """Rig bone heads (T, B, 3) from each bone's turn away from rest (T, B, 3, 3), the root bone at root_head."""
     heads = np.broadcast_to(rig.heads, turn.shape[:2] + (3,)).copy()
-    for level in rig_levels(rig):
+    for level in rig.levels:
         child = level[rig.parents[level] >= 0]
         parents = rig.parents[child]
         heads[:, child] = heads[:, parents] + np.einsum("tbij,bj->tbi", turn[:, parents],
@@ -573,7 +566,8 @@ def _leg_turns(rig: RigBones, plan: Transfer, heads: np.ndarray, targets: np.nda
     new_knee = hip + along[..., None] * axis + np.sqrt(np.maximum(l1 ** 2 - along ** 2, 0.0))[..., None] * bend
     was_normal = _bend_normal(hip, knee, ankle, forward)[2]
     # The thigh turns onto its new direction and the bend plane onto the new one; the shin then swings in that plane.
-    first = _frame(new_knee - hip, normal) @ np.swapaxes(_frame(knee - hip, was_normal), -1, -2)
+    first = orthonormal_frames(new_knee - hip, normal) @ np.swapaxes(orthonormal_frames(knee - hip, was_normal),
+                                                                     -1, -2)
     second = _swing(_unit(np.einsum("tlij,tlj->tli", first, ankle - knee)), _unit(want - new_knee)) @ first
     return first, second
 
@@ -593,6 +587,29 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
+def _raw_pose(skeleton: Skeleton, rig: RigBones, plan: Transfer, rotations: np.ndarray, root_positions: np.ndarray):
+    """The model's joint positions and world rotations, and the rig's turns and heads before the feet follow."""
+    positions, world = skeleton.forward_kinematics_matrices(rotations, root_positions)
+    n = len(rig.names)
+    turn = np.broadcast_to(np.eye(3), (len(world), n, 3, 3)).copy()
+    driven = np.full(n, -1)
+    driven[plan.bones] = np.arange(len(plan.bones))
+    for level in rig.levels:
+        # Undriven bones turn with their parent (and keep their rest offset from it); driven ones show W S^T.
+        child = level[rig.parents[level] >= 0]
+        turn[:, child] = turn[:, rig.parents[child]]
+        mine = driven[level] >= 0
+        m = driven[level][mine]
+        turn[:, level[mine]] = world[:, plan.joints[m]] @ np.swapaxes(plan.align[m], -1, -2)
+    return positions, world, turn, _heads(rig, turn, plan.bones[0], plan.root_scale * root_positions)
+
+
+def _leg_joints(plan: Transfer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model joints driving each leg's thigh, shin and foot."""
+    joint_of = dict(zip(plan.bones.tolist(), plan.joints.tolist()))
+    return tuple(np.array([joint_of[b] for b in plan.legs[:, i]], np.int64) for i in range(3))
+
+
 def rig_world(skeleton: Skeleton, rig: RigBones, plan: Transfer, local_rotations: np.ndarray,
               root_positions: np.ndarray, follow_feet: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Model poses (local rotation matrices (T, J, 3, 3), root positions (T, 3)) -> every rig bone's head (T, B, 3)
@@ -602,26 +619,14 @@ def rig_world(skeleton: Skeleton, rig: RigBones, plan: Transfer, local_rotations
     motion: a rig whose legs are built otherwise keeps the model's ground contact and stride (a no-op on a rig of
     the model's proportions).
     """
-    rotations = np.asarray(local_rotations, np.float64)
-    positions, world = skeleton.forward_kinematics_matrices(rotations, np.asarray(root_positions, np.float64))
-    n = len(rig.names)
-    turn = np.broadcast_to(np.eye(3), (len(world), n, 3, 3)).copy()
-    driven = np.full(n, -1)
-    driven[plan.bones] = np.arange(len(plan.bones))
-    for level in rig_levels(rig):
-        # Undriven bones turn with their parent (and keep their rest offset from it); driven ones show W S^T.
-        child = level[rig.parents[level] >= 0]
-        turn[:, child] = turn[:, rig.parents[child]]
-        mine = driven[level] >= 0
-        m = driven[level][mine]
-        turn[:, level[mine]] = world[:, plan.joints[m]] @ np.swapaxes(plan.align[m], -1, -2)
-    root_head = plan.root_scale * np.asarray(root_positions, np.float64)
-    heads = _heads(rig, turn, plan.bones[0], root_head)
+    root_positions = np.asarray(root_positions, np.float64)
+    positions, world, turn, heads = _raw_pose(skeleton, rig, plan, np.asarray(local_rotations, np.float64),
+                                              root_positions)
     if follow_feet and len(plan.legs):
         first, second = _leg_turns(rig, plan, heads, plan.root_scale * positions[:, plan.legs[:, 4]],
-                                   world[:, plan.joints[driven[plan.legs[:, 1]]]][..., 2])
+                                   world[:, _leg_joints(plan)[1]][..., 2])
         _apply_leg_turns(rig, plan, turn, first, second)
-        heads = _heads(rig, turn, plan.bones[0], root_head)
+        heads = _heads(rig, turn, plan.bones[0], plan.root_scale * root_positions)
     return heads, turn
 
 
@@ -631,12 +636,10 @@ def follow_feet_rotations(skeleton: Skeleton, rig: RigBones, plan: Transfer, loc
     follow_feet turns the rig's: shown on the rig through the plan, they put its toes where the model's land
     (for a client that applies the plan itself, such as the Godot addon)."""
     rotations = np.asarray(local_rotations, np.float64)
-    positions, world = skeleton.forward_kinematics_matrices(rotations, np.asarray(root_positions, np.float64))
-    heads, _ = rig_world(skeleton, rig, plan, rotations, root_positions, follow_feet=False)
-    driven = {int(b): int(j) for j, b in zip(plan.joints, plan.bones)}
-    thighs = np.array([driven[b] for b in plan.legs[:, 0]], np.int64)
-    shins = np.array([driven[b] for b in plan.legs[:, 1]], np.int64)
-    feet = np.array([driven[b] for b in plan.legs[:, 2]], np.int64)
+    positions, world, _, heads = _raw_pose(skeleton, rig, plan, rotations, np.asarray(root_positions, np.float64))
+    if not len(plan.legs):
+        return rotations.copy()
+    thighs, shins, feet = _leg_joints(plan)
     first, second = _leg_turns(rig, plan, heads, plan.root_scale * positions[:, plan.legs[:, 4]],
                                world[:, shins][..., 2])
     out = rotations.copy()

@@ -325,8 +325,9 @@ def _godot_rigs(skeleton) -> tuple[list[dict], dict[str, RigSpec]]:
     for spec in specs.values():
         rng = np.random.default_rng(spec.roll_seed or 0)
         q = rng.normal(size=(len(spec.names), 4)) if spec.roll_seed else np.tile([0, 0, 0, 1.0], (len(spec.names), 1))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
         out.append({"name": spec.name, "bones": spec.names, "parents": spec.parents,
-                    "heads": spec.head_array.tolist(), "rests": (q / np.linalg.norm(q, axis=1, keepdims=True)).tolist()})
+                    "heads": spec.head_array.tolist(), "rests": q.tolist()})
     godot = anonymous(specs["godot"])
     godot.name, godot.preset = "godot-bonemap", "godot"
     specs[godot.name] = godot
@@ -363,14 +364,14 @@ def godot_rigs(godot, project):
     return model, specs, result, positions, world
 
 
-def _rig_frames(result: dict, name: str, frames: list[int]) -> tuple[list[str], dict, np.ndarray, np.ndarray, np.ndarray]:
+def _rig_frames(result: dict, name: str, frames: list[int]) -> tuple[list[str], dict, np.ndarray, np.ndarray]:
+    """A rig's bone names, bind reply, bones' turns away from rest (model axes) and heads over frames."""
     rig = result["rigs"][name]
     by_frame = {f["frame"]: f for f in rig["frames"]}
     names = [b["name"] for b in rig["bones"]]
     rest = quat_to_matrix(np.array([b["rest"] for b in rig["bones"]], np.float64))
     turn = quat_to_matrix(np.array([by_frame[f]["rotations"] for f in frames], np.float64)) @ np.swapaxes(rest, -1, -2)
-    heads = np.array([by_frame[f]["heads"] for f in frames], np.float64)
-    return names, rig["reply"], turn, heads, np.array([b["head"] for b in rig["bones"]])
+    return names, rig["reply"], turn, np.array([by_frame[f]["heads"] for f in frames], np.float64)
 
 
 def _feet(model, positions: np.ndarray, heads: np.ndarray, toes: list[int], scale: float) -> tuple[float, float, float]:
@@ -388,7 +389,7 @@ def test_godot_rigs_of_every_convention_turn_as_the_model_and_keep_their_feet(go
     model, specs, result, positions, world = godot_rigs
     spec, sk = specs[name], model.skeleton
     frames = [r["frame"] for r in result["reference"]]
-    names, reply, turn, heads, _ = _rig_frames(result, name, frames)
+    names, reply, turn, heads = _rig_frames(result, name, frames)
     assert reply["preset"] == spec.preset
     assert {sk.names[j]: names[int(b)] for j, b in enumerate(reply["bones"]) if b >= 0} == spec.expected
     check = [j for j in spec.expected if spec.leg_scale == 1.0 or j not in LEGS]
@@ -409,7 +410,7 @@ def test_godot_profile_and_cmu_skeletons_point_limbs_as_the_model(godot_rigs, na
         pytest.skip(f"{CMU_131} is not here (the CMU mocap in ../shared)")
     sk = model.skeleton
     frames = [r["frame"] for r in result["reference"]]
-    names, reply, turn, heads, _ = _rig_frames(result, name, frames)
+    names, reply, turn, heads = _rig_frames(result, name, frames)
     bone = {sk.names[j]: int(b) for j, b in enumerate(reply["bones"]) if b >= 0}
     assert reply["unmatched_joints"] == [] and len(bone) == sk.n_joints
     assert (names[bone["LeftShoulder"]], names[bone["LeftArm"]]) == {

@@ -98,15 +98,8 @@ func _skeleton(rig: Dictionary) -> Skeleton3D:
 
 ## Godot's own humanoid reference skeleton: SkeletonProfileHumanoid's bones and reference poses.
 func _profile_skeleton() -> Skeleton3D:
-	var profile := SkeletonProfileHumanoid.new()
 	var skeleton := Skeleton3D.new()
-	for i in profile.bone_size:
-		skeleton.add_bone(profile.get_bone_name(i))
-	for i in profile.bone_size:
-		if profile.get_bone_parent(i) != &"":
-			skeleton.set_bone_parent(i, skeleton.find_bone(profile.get_bone_parent(i)))
-		skeleton.set_bone_rest(i, profile.get_reference_pose(i))
-	skeleton.reset_bone_poses()
+	MotionVAESkeletonBuilder.build_humanoid(skeleton)
 	return skeleton
 
 

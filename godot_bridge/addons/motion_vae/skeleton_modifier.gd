@@ -48,7 +48,8 @@ func _process_modification() -> void:
 	if not _retarget.bound and not _retarget.matches(skeleton, client.bone_names, bone_map):
 		var problem := _retarget.setup(skeleton, client.bone_names, bone_map)
 		if problem != "":
-			_warn(problem)
+			if not (match_rig and bind_reply.is_empty()):  # names are only a stopgap while the bind is answered
+				_warn(problem)
 			return
 	_retarget.apply(skeleton, frame, index, position_scale, in_place)
 	applied_frame = frame.frame
