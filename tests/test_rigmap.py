@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import contacts, rigmap
+from runtime import contacts, rigcheck, rigmap
 from runtime.bake import bake
-from runtime.bvh import read_bvh
+from runtime.bvh import read_bvh, write_bvh
 from runtime.model import load_model
+from runtime.motion import Motion
 from runtime.rotations import quat_to_matrix
+from runtime.skeleton import Skeleton
 from tests.rigs import LEGS, RigSpec, angle_deg, anonymous, rigs
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "default"
@@ -114,6 +116,10 @@ def test_rigs_with_other_leg_lengths_keep_the_models_ground_contact_and_stride(m
     assert plan.root_scale == pytest.approx(want, rel=1e-6)
     toes = [spec.expected["LeftToeBase"], spec.expected["RightToeBase"]]
     low, model_slide, rig_slide = feet(model, clip, rig, plan, toes)
+    raw_low, _, raw_slide = feet(model, clip, rig, plan, toes, follow=False)
+    print(f"{name}: root scale {plan.root_scale:.3f}, lowest toe {low * 1000:+.1f} mm, planted sliding "
+          f"{rig_slide / model_slide:.2f}x the model's; without the feet following {raw_low * 1000:+.1f} mm, "
+          f"{raw_slide / model_slide:.2f}x")
     assert low > -TOE_DIP_M, f"toes {-low * 1000:.1f} mm under the ground"
     assert rig_slide <= SLIDE_RATIO * model_slide, f"planted toes slide {rig_slide:.4f} m/s vs {model_slide:.4f}"
 
@@ -152,3 +158,20 @@ def test_leg_rotations_for_a_client_show_the_rig_what_rig_world_shows(model, cli
     heads_again, turn_again = rigmap.rig_world(sk, rig, plan, moved, root, follow_feet=False)
     assert angle_deg(turn, turn_again).max() < 1e-6 and np.abs(heads - heads_again).max() < 1e-6
     assert angle_deg(moved, rot).max() > 1.0  # the legs did move
+
+
+def test_rigcheck_reports_a_bvh_skeletons_match_and_feet(model, tmp_path, capsys):
+    spec = SPECS["unreal"]
+    skeleton = Skeleton(spec.names, spec.parents, np.vstack([spec.head_array[:1], spec.head_array[1:]
+                                                             - spec.head_array[spec.parents[1:]]]))
+    t = 3
+    rotations = np.tile([0.0, 0.0, 0.0, 1.0], (t, skeleton.n_joints, 1))
+    translations = np.broadcast_to(skeleton.offsets, (t, skeleton.n_joints, 3)).copy()
+    write_bvh(tmp_path / "unreal.bvh", Motion(skeleton, rotations, translations, 30.0), scale=100.0)
+    assert rigcheck.main([str(tmp_path / "unreal.bvh"), "--feet", "--frames", "60", "--characters", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "preset: unreal; 22 of 22 joints driven" in out and "clavicle_l" in out
+    assert "undriven bones: root, spine_02, spine_04, neck_02, upperarm_l_twist, upperarm_r_twist" in out
+    assert "feet following the model: lowest toe" in out and "feet not following" in out
+    assert rigcheck.main([str(tmp_path / "missing.bvh")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
