@@ -21,6 +21,7 @@ from runtime.controller import CHARACTER_SPACING_M, Controller
 from runtime.model import MotionModel
 
 from . import protocol as P
+from .rigbind import RigBinding, bind
 
 log = logging.getLogger("godot_bridge")
 
@@ -44,6 +45,7 @@ class Client:
     frame_ready: asyncio.Event = field(default_factory=asyncio.Event)
     frames_sent: int = 0
     frames_dropped: int = 0
+    rig: RigBinding | None = None  # the rig a bind message described: its frames' legs are turned for it
 
     def offer(self, payload: bytes) -> None:
         """Hand a frame to the sender; frames a slow client has not taken yet are dropped, never queued."""
@@ -250,6 +252,10 @@ class Bridge:
                                                   "to step on request", msg.seq)
         client.wants_step = True
 
+    def _on_bind(self, client: Client, msg: P.ClientMessage) -> str:
+        client.rig = bind(self.model.skeleton, msg)
+        return client.rig.reply(self.model.skeleton, msg.seq)
+
     def _on_stats(self, client: Client, msg: P.ClientMessage) -> str:
         return P.encode_stats(msg.seq, self.stats(client))
 
@@ -373,6 +379,7 @@ class Bridge:
             base = c.block * k
             rows = base + np.flatnonzero(c.spawned & self._live[base:base + k])
             if rows.size or lockstep:
-                c.offer(P.encode_frame(poses.frame, acks[c.number], records[rows], frame_flags))
+                mine = records[rows] if c.rig is None else c.rig.legs(self.model.skeleton, records[rows])
+                c.offer(P.encode_frame(poses.frame, acks[c.number], mine, frame_flags))
         self.ticks += 1
         self._tick_ms.append((time.perf_counter() - t0) * 1000.0)

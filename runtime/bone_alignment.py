@@ -62,7 +62,7 @@ def bone_targets(skeleton: Skeleton) -> dict[str, np.ndarray]:
     return out
 
 
-def _frames(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+def orthonormal_frames(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Orthonormal frames (..., 3, 3) whose columns are the primary direction, then the secondary made orthogonal."""
     u1 = first / np.linalg.norm(first, axis=-1, keepdims=True)
     u2 = second - np.sum(u1 * second, axis=-1, keepdims=True) * u1
@@ -79,5 +79,6 @@ def align_orientations(world_rot: np.ndarray, positions: np.ndarray, targets: di
     want_primary = leaf * have_primary + (1 - leaf) * (positions[..., targets["primary"], :] - positions)
     want_second = own * have_second + (1 - own) * (positions[..., targets["second_a"], :]
                                                    - positions[..., targets["second_b"], :])
-    turn = _frames(want_primary, want_second) @ np.swapaxes(_frames(have_primary, have_second), -1, -2)
+    turn = orthonormal_frames(want_primary, want_second) @ np.swapaxes(orthonormal_frames(have_primary, have_second),
+                                                                     -1, -2)
     return turn @ world_rot

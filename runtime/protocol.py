@@ -42,6 +42,9 @@ MAX_COORDINATE_M = 1.0e4
 MAX_SPEED_M_S = 20.0
 MAX_YAW_RAD = 1.0e3
 MAX_PATH_POINTS = 1024
+MAX_RIG_BONES = 1024  # bones a bind message may describe
+MAX_NAME_CHARS = 256
+MAX_RIG_COORDINATE = 1.0e6  # rest heads, in the rig's own units
 
 # What each code means is in PROTOCOL.md ("Error codes"), which a test keeps equal to this list.
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "binary_not_allowed", "no_free_slot",
@@ -63,7 +66,7 @@ class ProtocolError(ValueError):
 class Field:
     """One field of a client message: its kind, whether it is required, and its allowed range."""
 
-    kind: str  # int | number | bool | ids | vec2 | path | task
+    kind: str  # int | number | bool | ids | vec2 | path | task | names | parents | points | bone_map
     required: bool = False
     low: float = -math.inf
     high: float = math.inf
@@ -97,6 +100,9 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
     "seed": {"seed": Field("int", required=True, low=0, high=MAX_SEED)},
     "step": {},
     "stats": {},
+    "bind": {"bones": Field("names", required=True), "parents": Field("parents", required=True),
+             "heads": Field("points", required=True, low=-MAX_RIG_COORDINATE, high=MAX_RIG_COORDINATE),
+             "map": Field("bone_map")},
 }
 SERVER_MESSAGES = ("hello", "ok", "error", "stats")
 
@@ -188,7 +194,51 @@ def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> Any:
         if len(set(ids)) != len(ids):
             raise ProtocolError("bad_message", f"{where} lists an id twice")
         return ids
+    return _check_rig_field(where, spec, value)
+
+
+def _check_rig_field(where: str, spec: Field, value: Any) -> Any:
+    """A bind message's fields: bone names, parent indices, rest heads and a bone map."""
+    if spec.kind == "names":
+        if (not isinstance(value, list) or not 1 <= len(value) <= MAX_RIG_BONES
+                or not all(isinstance(v, str) and 1 <= len(v) <= MAX_NAME_CHARS for v in value)):
+            raise ProtocolError("bad_message", f"{where} must be 1 to {MAX_RIG_BONES} names of 1 to "
+                                               f"{MAX_NAME_CHARS} characters")
+        if len(set(value)) != len(value):
+            raise ProtocolError("bad_message", f"{where} names a bone twice")
+        return tuple(value)
+    if spec.kind == "parents":
+        if not isinstance(value, list) or not all(_is_integer(v) and -1 <= v < MAX_RIG_BONES for v in value):
+            raise ProtocolError("bad_message", f"{where} must be a list of bone indices (-1 for a root)")
+        return tuple(int(v) for v in value)
+    if spec.kind == "points":
+        if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 3 and all(
+                _is_number(v) and math.isfinite(v) and spec.low <= v <= spec.high for v in p) for p in value):
+            raise ProtocolError("bad_message", f"{where} must be a list of [x, y, z], numbers in "
+                                               f"[{spec.low:g}, {spec.high:g}]")
+        return tuple(tuple(float(v) for v in p) for p in value)
+    if spec.kind == "bone_map":
+        if not isinstance(value, dict) or len(value) > MAX_RIG_BONES or not all(
+                isinstance(v, str) and len(k) <= MAX_NAME_CHARS and len(v) <= MAX_NAME_CHARS
+                for k, v in value.items()):
+            raise ProtocolError("bad_message", f"{where} must be an object of joint name -> bone name")
+        return dict(value)
     raise AssertionError(f"unknown field kind {spec.kind}")
+
+
+def _check_rig(fields: dict[str, Any]) -> None:
+    """A bind message's arrays agree in length and its parents form a tree."""
+    n = len(fields["bones"])
+    if len(fields["parents"]) != n or len(fields["heads"]) != n:
+        raise ProtocolError("bad_message", f"bind.parents and bind.heads must have one entry per bone ({n})")
+    parents = fields["parents"]
+    for b in range(n):
+        p, steps = parents[b], 0
+        while p >= 0:
+            if p >= n or steps > n:
+                raise ProtocolError("bad_message", f"bind.parents: bone {b} ({fields['bones'][b][:40]!r}) has "
+                                                   "no root above it")
+            p, steps = parents[p], steps + 1
 
 
 def decode_client_message(text: str | bytes) -> ClientMessage:
@@ -230,6 +280,8 @@ def _check_fields(msg_type: str, obj: dict[str, Any]) -> dict[str, Any]:
         if not applies:
             raise ProtocolError("bad_message", f"{msg_type}.{name} is only allowed when {spec.when}")
         fields[name] = _check_field(msg_type, name, spec, value)
+    if msg_type == "bind":
+        _check_rig(fields)
     if msg_type == "control" and fields.get("direction") is not None and math.hypot(*fields["direction"]) < 1e-6:
         raise ProtocolError("bad_message", "control.direction must not be [0, 0]; send speed 0 to stand still")
     return fields

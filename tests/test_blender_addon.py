@@ -27,10 +27,15 @@ from godot_bridge import protocol as P  # noqa: E402
 from godot_bridge.background import BackgroundServer  # noqa: E402
 from godot_bridge.bridge import Bridge, BridgeConfig  # noqa: E402
 from runtime.bake import bake as runtime_bake  # noqa: E402
+from runtime.bvh import read_bvh  # noqa: E402
+from runtime.contacts import foot_floor, planted_speed  # noqa: E402
 from runtime.controller import Controller  # noqa: E402
 from runtime.model import load_model  # noqa: E402
+from runtime.rotations import quat_to_matrix  # noqa: E402
+from tests.rigs import LEGS, RigSpec, angle_deg, rigs  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "default"
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 FRAMES = 1000
 SEED = 3
@@ -220,8 +225,8 @@ def test_bake_on_a_rig_with_other_rest_pose_and_names(scene, model_dir, expected
     assert bpy.ops.motion_vae.auto_map() == {"FINISHED"}
     rows = {row.joint: row for row in obj.motion_vae.bone_map}
     assert rows["Spine1"].bone == "spine_01" and rows["LeftForeArm"].bone == "forearm.L"
-    assert rows["Hips"].bone == "" and rows["RightToeBase"].bone == ""  # no name match: the user picks them
-    rows["Hips"].bone, rows["RightToeBase"].bone = "pelvis", "toe.R"
+    # No preset names them, the hierarchy does: the hips are where legs and spine branch, the toe ends the leg.
+    assert rows["Hips"].bone == "pelvis" and rows["RightToeBase"].bone == "toe.R"
     assert bpy.ops.motion_vae.bake() == {"FINISHED"}
 
     names, positions = expected
@@ -762,3 +767,116 @@ def test_bake_carries_the_locked_feet_and_the_panel_turns_locking_off(default_sc
         assert np.median(raw_moves[pairs]) > 1e-3, "with Foot Lock off the same toe slides"
         held += int(pairs.sum())
     assert held > 100
+
+
+RIG_FRAMES = 300
+SPECS = {spec.name: spec for spec in rigs(load_model(DEFAULT_MODEL).skeleton)}
+CMU_131 = Path(__file__).resolve().parents[2] / "shared" / "mocap" / "cmu_permissive_extra" / "131_01.bvh"
+
+
+def _spec_armature(spec: RigSpec) -> bpy.types.Object:
+    """An armature built from a RigSpec: each bone's tail towards its first child (or a stub up), the spec's rolls."""
+    heads = spec.head_array @ Y_UP_TO_Z_UP.T
+    arm = bpy.data.armatures.new(spec.name)
+    obj = bpy.data.objects.new(spec.name, arm)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    kids = {i: [k for k, p in enumerate(spec.parents) if p == i] for i in range(len(spec.names))}
+    for i, (name, parent, roll) in enumerate(zip(spec.names, spec.parents, spec.rolls())):
+        bone = arm.edit_bones.new(name)
+        ahead = [heads[k] for k in kids[i] if np.linalg.norm(heads[k] - heads[i]) > 0.02]
+        bone.head, bone.tail = heads[i].tolist(), (ahead[0] if ahead else heads[i] + [0, 0, 0.05]).tolist()
+        bone.roll = roll
+        if parent >= 0:
+            bone.parent = arm.edit_bones[spec.names[parent]]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    return obj
+
+
+def _bake_rig(scene, obj) -> dict:
+    """Auto-match and bake RIG_FRAMES frames onto obj; each bone's head (model axes) and turn away from rest per
+    frame, read back from Blender."""
+    settings = scene.motion_vae
+    settings.armature, settings.frames = obj, RIG_FRAMES
+    assert bpy.ops.motion_vae.auto_map() == {"FINISHED"}
+    assert bpy.ops.motion_vae.bake() == {"FINISHED"}
+    names = [b.name for b in obj.data.bones]
+    bag = _channelbag(obj)
+    rest = np.array([np.array(b.matrix_local)[:3, :3] for b in obj.data.bones])
+    heads, turns = [], []
+    for f in range(RIG_FRAMES):
+        scene.frame_set(scene.frame_start + f)
+        heads.append([tuple(obj.pose.bones[n].head) for n in names])  # copies: the Vectors follow the pose
+        turns.append([np.array(obj.pose.bones[n].matrix)[:3, :3] for n in names])
+    turn = Y_UP_TO_Z_UP.T @ (np.array(turns) @ np.swapaxes(rest, -1, -2)) @ Y_UP_TO_Z_UP
+    return {"names": names, "map": {r.joint: r.bone for r in obj.motion_vae.bone_map},
+            "heads": np.array(heads) @ Y_UP_TO_Z_UP, "turn": turn}
+
+
+@pytest.fixture(scope="module")
+def shipped_clip():
+    """The shipped model's bake with the panel's defaults, its world rotations and joint positions."""
+    model = load_model(DEFAULT_MODEL)
+    clip = runtime_bake(model, RIG_FRAMES, SEED)
+    rot = quat_to_matrix(clip.rotations[:, 0].astype(np.float64))
+    positions, world = model.skeleton.forward_kinematics_matrices(rot, clip.root_positions[:, 0].astype(np.float64))
+    return model, positions, world
+
+
+def _feet_ok(model, positions, baked, toes: list[str], scale: float) -> tuple[float, float, float]:
+    """Lowest rig toe (m), the model's and the rig's planted sliding (m/s, the rig's at the model's size)."""
+    sk = model.skeleton
+    rig_toes = baked["heads"][:, [baked["names"].index(t) for t in toes]]
+    model_toes = positions[:, [sk.index("LeftToeBase"), sk.index("RightToeBase")]]
+    slides = []
+    for toes_xyz in (model_toes, rig_toes / scale):
+        speed, planted = planted_speed(toes_xyz, model.fps, foot_floor(toes_xyz[..., 1]))
+        slides.append(speed[planted].mean())
+    return rig_toes[..., 1].min(), slides[0], slides[1]
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_rigs_of_every_convention_turn_as_the_model_and_keep_their_feet(default_scene, shipped_clip, name):
+    spec = SPECS[name]
+    model, positions, world = shipped_clip
+    sk = model.skeleton
+    baked = _bake_rig(default_scene, _spec_armature(spec))
+    assert {j: b for j, b in baked["map"].items() if b} == spec.expected
+    check = [j for j in spec.expected if spec.leg_scale == 1.0 or j not in LEGS]
+    bones = [baked["names"].index(spec.expected[j]) for j in check]
+    joints = [sk.index(j) for j in check]
+    error = angle_deg(baked["turn"][:, bones] @ spec.align_array(sk, np.array(joints)), world[:, joints])
+    assert error.max() < 0.01, f"{check[error.max(0).argmax()]} turns {error.max():.4f} deg off the model's"
+    hips = baked["names"].index(spec.expected["Hips"])
+    scale = baked["heads"][0, hips, 1] / positions[0, 0, 1]
+    low, model_slide, rig_slide = _feet_ok(model, positions, baked,
+                                           [spec.expected["LeftToeBase"], spec.expected["RightToeBase"]], scale)
+    assert low > -0.005, f"toes {-low * 1000:.1f} mm under the ground"
+    assert rig_slide <= 1.1 * model_slide, f"planted toes slide {rig_slide:.4f} m/s against {model_slide:.4f}"
+
+
+def test_cmu_131_skeleton_is_matched_and_keeps_its_feet(default_scene, shipped_clip):
+    if not CMU_131.exists():
+        pytest.skip(f"{CMU_131} is not here (the CMU mocap in ../shared)")
+    skeleton = read_bvh(CMU_131).skeleton
+    heads = skeleton.rest_positions() + skeleton.offsets[0]
+    spec = RigSpec("cmu131", "cmu-asf", list(skeleton.names), skeleton.parents.tolist(), list(heads))
+    model, positions, world = shipped_clip
+    baked = _bake_rig(default_scene, _spec_armature(spec))
+    assert all(baked["map"].values()), baked["map"]
+    assert baked["map"]["LeftShoulder"] == "LeftCollar" and baked["map"]["LeftArm"] == "LeftShoulder"
+    # Arms, spine and neck point where the model's do (the legs are turned to keep the feet on the footprints).
+    sk = model.skeleton
+    for joint, child in (("LeftShoulder", "LeftArm"), ("LeftArm", "LeftForeArm"), ("RightForeArm", "RightHand"),
+                         ("Spine1", "Spine2"), ("Neck", "Head")):
+        a, b = (baked["names"].index(baked["map"][n]) for n in (joint, child))
+        rig_dir = baked["heads"][:, b] - baked["heads"][:, a]
+        model_dir = positions[:, sk.index(child)] - positions[:, sk.index(joint)]
+        cos = np.sum(rig_dir * model_dir, -1) / np.linalg.norm(rig_dir, axis=-1) / np.linalg.norm(model_dir, axis=-1)
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 0.01, joint
+    hips = baked["names"].index("Hips")
+    scale = baked["heads"][0, hips, 1] / positions[0, 0, 1]
+    low, model_slide, rig_slide = _feet_ok(model, positions, baked, ["LeftToe", "RightToe"], scale)
+    assert low > -0.005, f"toes {-low * 1000:.1f} mm under the ground"
+    assert rig_slide <= 1.1 * model_slide, f"planted toes slide {rig_slide:.4f} m/s against {model_slide:.4f}"

@@ -21,7 +21,11 @@ import pytest
 from godot_bridge import protocol as P
 from godot_bridge.background import BackgroundServer
 from godot_bridge.bridge import Bridge, BridgeConfig, Client
+from runtime.bvh import read_bvh
+from runtime.contacts import foot_floor, planted_speed
 from runtime.model import load_model
+from runtime.rotations import quat_to_matrix
+from tests.rigs import LEGS, RigSpec, angle_deg, anonymous, rigs
 
 ROOT = Path(__file__).resolve().parents[1]
 BRIDGE = ROOT / "godot_bridge"
@@ -221,6 +225,7 @@ def test_demo_waits_for_the_server_reconnects_and_streams(godot, project, model_
     assert "demo: connection_failed" in output, "the server was not up yet"
     assert f"demo: connected to tiny ({load_model(model_dir).skeleton.n_joints} bones" in output
     assert "demo: 90 frames received" in output
+    assert "rig matched as godot" in output, "the demo's humanoid-profile skeleton was bound by the server"
 
 
 def test_every_client_request_is_a_valid_message_for_the_server(godot, project, model_dir):
@@ -302,3 +307,121 @@ def test_godot_shows_the_locked_feet_the_server_sends(godot, project):
         assert godot_moves[pairs & runtime_still].max() < 1e-3, "a locked toe moved in Godot"
         held += int((pairs & runtime_still).sum())
     assert held > 60, f"only {held} locked frames: the lock did not reach Godot"
+
+
+RIG_FRAMES = 120
+CMU_131 = ROOT.parent / "shared" / "mocap" / "cmu_permissive_extra" / "131_01.bvh"
+
+
+def _godot_rigs(skeleton) -> tuple[list[dict], dict[str, RigSpec]]:
+    """rigs.gd's input: every convention of tests/rigs.py (rolled ones with random bone axes), the Godot rig once
+    more with other bone names and a humanoid BoneMap, Godot's own profile skeleton, and CMU 131 when present."""
+    specs = {s.name: s for s in rigs(skeleton)}
+    # Godot's bone names cannot hold ':' (its importer writes mixamorig_Hips); the preset matches either spelling.
+    mixamo = specs["mixamo"]
+    mixamo.names = [n.replace(":", "_") for n in mixamo.names]
+    mixamo.expected = {j: b.replace(":", "_") for j, b in mixamo.expected.items()}
+    out = []
+    for spec in specs.values():
+        rng = np.random.default_rng(spec.roll_seed or 0)
+        q = rng.normal(size=(len(spec.names), 4)) if spec.roll_seed else np.tile([0, 0, 0, 1.0], (len(spec.names), 1))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        out.append({"name": spec.name, "bones": spec.names, "parents": spec.parents,
+                    "heads": spec.head_array.tolist(), "rests": q.tolist()})
+    godot = anonymous(specs["godot"])
+    godot.name, godot.preset = "godot-bonemap", "godot"
+    specs[godot.name] = godot
+    out.append({**out[[r["name"] for r in out].index("godot")], "name": godot.name, "bones": godot.names,
+                "bone_map": {a: b for a, b in zip(specs["godot"].names, godot.names)}})
+    out.append({"name": "profile", "profile": True})
+    if CMU_131.exists():
+        cmu = read_bvh(CMU_131).skeleton
+        out.append({"name": "cmu131", "bones": list(cmu.names), "parents": cmu.parents.tolist(),
+                    "heads": (cmu.rest_positions() + cmu.offsets[0]).tolist(),
+                    "rests": np.tile([0, 0, 0, 1.0], (cmu.n_joints, 1)).tolist()})
+    return out, specs
+
+
+@pytest.fixture(scope="module")
+def godot_rigs(godot, project):
+    """rigs.gd's report: each rig's bind reply and bone poses, and the reference frames, over RIG_FRAMES frames."""
+    root, _ = project
+    model = load_model(ROOT / "runtime" / "assets" / "default")
+    rig_list, specs = _godot_rigs(model.skeleton)
+    (root / "rigs_in.json").write_text(json.dumps({"rigs": rig_list}))
+    bridge = Bridge(model, BridgeConfig(max_clients=len(rig_list) + 1, characters_per_client=1, lockstep=True))
+    with BackgroundServer(bridge) as server:
+        proc = godot(root, "-s", "res://godot_tests/rigs.gd", "--", "--url", server.url, "--rigs", "res://rigs_in.json",
+                     "--out", "res://rigs_out.json", "--frames", str(RIG_FRAMES), timeout=240)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and not script_errors(output), output[-3000:]
+    result = json.loads((root / "rigs_out.json").read_text())
+    assert result["errors"] == [], result["errors"]
+    ref = result["reference"]
+    rot = quat_to_matrix(np.array([r["rotations"] for r in ref], np.float64))
+    root_pos = np.array([r["root"] for r in ref], np.float64)
+    positions, world = model.skeleton.forward_kinematics_matrices(rot, root_pos)
+    return model, specs, result, positions, world
+
+
+def _rig_frames(result: dict, name: str, frames: list[int]) -> tuple[list[str], dict, np.ndarray, np.ndarray]:
+    """A rig's bone names, bind reply, bones' turns away from rest (model axes) and heads over frames."""
+    rig = result["rigs"][name]
+    by_frame = {f["frame"]: f for f in rig["frames"]}
+    names = [b["name"] for b in rig["bones"]]
+    rest = quat_to_matrix(np.array([b["rest"] for b in rig["bones"]], np.float64))
+    turn = quat_to_matrix(np.array([by_frame[f]["rotations"] for f in frames], np.float64)) @ np.swapaxes(rest, -1, -2)
+    return names, rig["reply"], turn, np.array([by_frame[f]["heads"] for f in frames], np.float64)
+
+
+def _feet(model, positions: np.ndarray, heads: np.ndarray, toes: list[int], scale: float) -> tuple[float, float, float]:
+    """Lowest rig toe (m), planted sliding of the model's toes and of the rig's at the model's size (m/s)."""
+    model_toes = positions[:, [model.skeleton.index("LeftToeBase"), model.skeleton.index("RightToeBase")]]
+    slides = []
+    for xyz in (model_toes, heads[:, toes] / scale):
+        speed, planted = planted_speed(xyz, model.fps, foot_floor(xyz[..., 1]))
+        slides.append(speed[planted].mean())
+    return heads[:, toes, 1].min(), slides[0], slides[1]
+
+
+@pytest.mark.parametrize("name", ["mixamo", "rigify", "unreal", "godot", "cmu-bvh", "cmu-asf", "godot-bonemap"])
+def test_godot_rigs_of_every_convention_turn_as_the_model_and_keep_their_feet(godot_rigs, name):
+    model, specs, result, positions, world = godot_rigs
+    spec, sk = specs[name], model.skeleton
+    frames = [r["frame"] for r in result["reference"]]
+    names, reply, turn, heads = _rig_frames(result, name, frames)
+    assert reply["preset"] == spec.preset
+    assert {sk.names[j]: names[int(b)] for j, b in enumerate(reply["bones"]) if b >= 0} == spec.expected
+    check = [j for j in spec.expected if spec.leg_scale == 1.0 or j not in LEGS]
+    bones = [names.index(spec.expected[j]) for j in check]
+    joints = np.array([sk.index(j) for j in check])
+    error = angle_deg(turn[:, bones] @ spec.align_array(sk, joints), world[:, joints])
+    assert error.max() < 0.01, f"{check[error.max(0).argmax()]} turns {error.max():.4f} deg off the model's"
+    toes = [names.index(spec.expected[t]) for t in ("LeftToeBase", "RightToeBase")]
+    low, model_slide, rig_slide = _feet(model, positions, heads, toes, reply["root_scale"])
+    assert low > -0.005, f"toes {-low * 1000:.1f} mm under the ground"
+    assert rig_slide <= 1.1 * model_slide, f"planted toes slide {rig_slide:.4f} m/s against {model_slide:.4f}"
+
+
+@pytest.mark.parametrize("name", ["profile", "cmu131"])
+def test_godot_profile_and_cmu_skeletons_point_limbs_as_the_model(godot_rigs, name):
+    model, specs, result, positions, world = godot_rigs
+    if name not in result["rigs"]:
+        pytest.skip(f"{CMU_131} is not here (the CMU mocap in ../shared)")
+    sk = model.skeleton
+    frames = [r["frame"] for r in result["reference"]]
+    names, reply, turn, heads = _rig_frames(result, name, frames)
+    bone = {sk.names[j]: int(b) for j, b in enumerate(reply["bones"]) if b >= 0}
+    assert reply["unmatched_joints"] == [] and len(bone) == sk.n_joints
+    assert (names[bone["LeftShoulder"]], names[bone["LeftArm"]]) == {
+        "profile": ("LeftShoulder", "LeftUpperArm"), "cmu131": ("LeftCollar", "LeftShoulder")}[name]
+    for joint, child in (("LeftShoulder", "LeftArm"), ("LeftArm", "LeftForeArm"), ("RightForeArm", "RightHand"),
+                         ("Spine1", "Spine2"), ("Neck", "Head")):
+        rig_dir = heads[:, bone[child]] - heads[:, bone[joint]]
+        model_dir = positions[:, sk.index(child)] - positions[:, sk.index(joint)]
+        cos = np.sum(rig_dir * model_dir, -1) / np.linalg.norm(rig_dir, axis=-1) / np.linalg.norm(model_dir, axis=-1)
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 0.01, joint
+    low, model_slide, rig_slide = _feet(model, positions, heads, [bone["LeftToeBase"], bone["RightToeBase"]],
+                                        reply["root_scale"])
+    assert low > -0.005, f"toes {-low * 1000:.1f} mm under the ground"
+    assert rig_slide <= 1.1 * model_slide, f"planted toes slide {rig_slide:.4f} m/s against {model_slide:.4f}"

@@ -12,13 +12,12 @@ from bpy_extras.io_utils import ExportHelper
 
 from . import live, models
 from .action import bone_channel, write_action
-from .bonemap import auto_match
 from .bridge_client import STREAMED_TASKS, BridgeLink
 from .runtime.protocol import is_loopback
 from .errors import AddonError
 from .export import export_animation
 from .motion import run
-from .retarget import Binding, bind, pose
+from .retarget import Binding, auto_map, bind, pose
 from .rig import create_armature, read_rest, use_quaternions
 from .runtime.model import ModelError, MotionModel
 from .runtime.skeleton import Skeleton
@@ -63,9 +62,10 @@ def _store_map(obj: bpy.types.Object, mapping: dict[str, str]) -> None:
 
 
 def _mapping(obj: bpy.types.Object, skeleton: Skeleton) -> tuple[dict[str, str], Binding]:
-    """The armature's bone map for a skeleton and its binding; a rig never mapped (empty table) is matched by name."""
-    mapping = _stored_map(obj) or auto_match(skeleton.names, [b.name for b in obj.data.bones])
-    return mapping, bind(skeleton, read_rest(obj), mapping)
+    """The armature's bone map for a skeleton and its binding; a rig never mapped (empty table) is auto-matched."""
+    rest = read_rest(obj)
+    mapping = _stored_map(obj) or auto_map(skeleton, rest).bone_map
+    return mapping, bind(skeleton, rest, mapping)
 
 
 def _commit(obj: bpy.types.Object, mapping: dict[str, str], binding: Binding) -> None:
@@ -180,7 +180,7 @@ class MOTION_VAE_OT_create_armature(bpy.types.Operator):
 
 
 class MOTION_VAE_OT_auto_map(bpy.types.Operator):
-    """Fill the bone map by matching the model's joint names to the armature's bone names"""
+    """Fill the bone map from the armature's bone names (Mixamo, Rigify, Unreal, Godot, CMU presets), hierarchy and rest pose"""
 
     bl_idname = "motion_vae.auto_map"
     bl_label = "Auto-match Bones"
@@ -190,12 +190,13 @@ class MOTION_VAE_OT_auto_map(bpy.types.Operator):
     def execute(self, context):
         obj = _armature(context)
         model = models.load(context.scene.motion_vae.model_dir, context.scene.motion_vae.precision)
-        mapping = auto_match(model.skeleton.names, [b.name for b in obj.data.bones])
-        _store_map(obj, mapping)
-        missing = [joint for joint, bone in mapping.items() if not bone]
+        found = auto_map(model.skeleton, read_rest(obj))
+        _store_map(obj, found.bone_map)
+        missing = found.unmatched_joints
         self.report({"WARNING"} if missing else {"INFO"},
-                    f"Matched {len(mapping) - len(missing)} of {len(mapping)} joints"
-                    + (f"; pick bones for: {', '.join(missing)}." if missing else "."))
+                    f"Matched {len(found.bone_map) - len(missing)} of {len(found.bone_map)} joints ({found.preset} "
+                    f"names)" + (f"; pick bones for: {', '.join(missing)}" if missing else "")
+                    + (f"; bones left undriven: {', '.join(found.unmatched_bones)}." if found.unmatched_bones else "."))
         return {"FINISHED"}
 
 

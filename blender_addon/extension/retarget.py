@@ -1,10 +1,10 @@
-"""Model poses -> pose-bone values of any rig, through a bone map, with rest-pose compensation.
+"""Model poses -> pose-bone values of any rig, through a bone map (runtime/rigmap.py does the matching and the
+rest alignment; this module is its Blender side: axes, armature matrices and pose-bone bases).
 
-The model's rest pose has every joint frame aligned with the world; a rig's rest pose may differ (an A-pose,
-other bone rolls, bones pointing anywhere). Each driven bone gets a rest swing S: the rotation that best takes
-the model's rest directions to its mapped children onto the rig's. A bone's armature-space pose is then
-W @ S^T @ B, with W the joint's world rotation from the model and B the bone's rest orientation, so at the
-model's rest pose the rig's limbs point where the model's do, and every bone turns as its joint turns.
+A driven bone's armature-space pose is C W S^T C^T @ B: W the joint's world rotation from the model, S its rest
+alignment (model rest directions -> the rig's), B the bone's rest orientation and C the Y-up -> Z-up turn. The root
+bone's head follows the model's root scaled by the rigs' hip-height ratio, and each leg's thigh and shin are turned
+so its toe lands where the model's does, scaled alike (runtime.rigmap.rig_world).
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .convert import positions_to_blender, rotations_to_blender, wxyz
+from .convert import Y_UP_TO_Z_UP, positions_to_blender, positions_to_model, wxyz
 from .errors import AddonError
+from .runtime.rigmap import RigBones, RigMatchError, Transfer, match, rig_world, transfer
 from .runtime.rotations import matrix_to_quat, quat_continuous, quat_to_matrix
 from .runtime.skeleton import Skeleton
 
@@ -30,15 +31,19 @@ class RigRest:
 
 @dataclass(frozen=True)
 class Binding:
-    """A model skeleton bound to a rig through a bone map, rest-pose compensation worked out."""
+    """A model skeleton bound to a rig through a bone map, the rest alignment and root scale worked out."""
 
     skeleton: Skeleton
     rig: RigRest
-    driven: np.ndarray  # (M,) rig bones the model drives; the first is the root joint's, which also moves
-    joints: np.ndarray  # (M,) the model joint driving each, ascending (so joint 0, the root, comes first)
-    rest_align: np.ndarray  # (M, 3, 3) S^T @ B of each driven bone
+    bones: RigBones  # the rig in the model's axes
+    plan: Transfer
     relative_rest: np.ndarray  # (B, 4, 4) each bone's rest relative to its parent's (its own rest for roots)
     levels: tuple[np.ndarray, ...]  # rig bones grouped by depth, roots first
+
+    @property
+    def driven(self) -> np.ndarray:
+        """(M,) rig bones the model drives; the first is the root joint's, which also moves."""
+        return self.plan.bones
 
     @property
     def bone_names(self) -> list[str]:
@@ -89,58 +94,14 @@ def _problems(skeleton: Skeleton, rig: RigRest, bone_map: dict[str, str]) -> lis
     return problems
 
 
-def _swing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit vector a onto unit vector b."""
-    v, c = np.cross(a, b), float(a @ b)
-    if c < -1.0 + 1e-9:  # opposite: half a turn about any axis square to a
-        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
-        axis /= np.linalg.norm(axis)
-        return 2.0 * np.outer(axis, axis) - np.eye(3)
-    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    return np.eye(3) + k + k @ k / (1.0 + c)
+def rig_bones(rig: RigRest) -> RigBones:
+    """An armature's bones with their heads in the model's axes, for runtime.rigmap."""
+    return RigBones(rig.names, rig.parents, positions_to_model(rig.rest[:, :3, 3]))
 
 
-def _fit_rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The rotation that best takes directions a (n, 3) onto directions b (n, 3) (Kabsch; a swing when n is 1)."""
-    keep = (np.linalg.norm(a, axis=1) > 1e-9) & (np.linalg.norm(b, axis=1) > 1e-9)
-    a = a[keep] / np.linalg.norm(a[keep], axis=1, keepdims=True)
-    b = b[keep] / np.linalg.norm(b[keep], axis=1, keepdims=True)
-    if len(a) == 0:
-        return np.eye(3)
-    u, s, vt = np.linalg.svd(a.T @ b)
-    if s[1] < 1e-6 * s[0]:  # all directions parallel: only a swing is defined, no twist
-        return _swing(a[0], b[0])
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-
-
-def _mapped_below(skeleton: Skeleton, joint: int, bone_of: dict[int, int]) -> list[int]:
-    """The nearest driven joints under joint (its children, or theirs where a child drives nothing)."""
-    out: list[int] = []
-    for child in skeleton.children[joint]:
-        out.extend([child] if child in bone_of else _mapped_below(skeleton, child, bone_of))
-    return out
-
-
-def _rest_swings(skeleton: Skeleton, rig: RigRest, bone_of: dict[int, int]) -> dict[int, np.ndarray]:
-    """S of each driven joint: model rest directions to its driven children -> the rig's; leaves take their parent's."""
-    model_rest = positions_to_blender(skeleton.rest_positions())
-    heads = rig.rest[:, :3, 3]
-    swings: dict[int, np.ndarray] = {}
-    for joint in range(skeleton.n_joints):  # parents come first, so an ancestor's swing is always ready
-        if joint not in bone_of:
-            continue
-        below = _mapped_below(skeleton, joint, bone_of)
-        if below:
-            swings[joint] = _fit_rotation(model_rest[below] - model_rest[joint],
-                                          heads[[bone_of[c] for c in below]] - heads[bone_of[joint]])
-            continue
-        # A leaf (hand, head, toe) has no direction of its own to compare; it turns with its parent's swing.
-        up = int(skeleton.parents[joint])
-        while up >= 0 and up not in swings:
-            up = int(skeleton.parents[up])
-        swings[joint] = swings[up] if up >= 0 else np.eye(3)
-    return swings
+def auto_map(skeleton: Skeleton, rig: RigRest):
+    """runtime.rigmap.match on an armature: the bone map, the preset it used and what it left unmatched."""
+    return match(skeleton, rig_bones(rig))
 
 
 def bind(skeleton: Skeleton, rig: RigRest, bone_map: dict[str, str]) -> Binding:
@@ -148,12 +109,11 @@ def bind(skeleton: Skeleton, rig: RigRest, bone_map: dict[str, str]) -> Binding:
     problems = _problems(skeleton, rig, bone_map)
     if problems:
         raise AddonError(f"Bone map: {'; '.join(problems)}. Fix the table or press Auto-match.")
-    index = {name: i for i, name in enumerate(rig.names)}
-    bone_of = {j: index[bone_map[name]] for j, name in enumerate(skeleton.names) if bone_map.get(name)}
-    joints = np.array(sorted(bone_of), dtype=np.int64)
-    driven = np.array([bone_of[j] for j in joints], dtype=np.int64)
-    swings = _rest_swings(skeleton, rig, bone_of)
-    rest_align = np.stack([swings[j].T @ rig.rest[b, :3, :3] for j, b in zip(joints, driven)])
+    bones = rig_bones(rig)
+    try:
+        plan = transfer(skeleton, bones, bone_map)
+    except RigMatchError as e:
+        raise AddonError(f"Bone map: {e}.") from None
     has_parent = rig.parents >= 0
     relative = rig.rest.copy()
     relative[has_parent] = _affine_inverse(rig.rest[rig.parents[has_parent]]) @ rig.rest[has_parent]
@@ -161,7 +121,7 @@ def bind(skeleton: Skeleton, rig: RigRest, bone_map: dict[str, str]) -> Binding:
     for b in np.flatnonzero(has_parent):  # parents first, so each parent's depth is final
         depth[b] = depth[rig.parents[b]] + 1
     levels = tuple(np.flatnonzero(depth == d) for d in range(depth.max() + 1))
-    return Binding(skeleton, rig, driven, joints, rest_align, relative, levels)
+    return Binding(skeleton, rig, bones, plan, relative, levels)
 
 
 def pose(binding: Binding, root_positions: np.ndarray, local_rotations: np.ndarray,
@@ -170,10 +130,12 @@ def pose(binding: Binding, root_positions: np.ndarray, local_rotations: np.ndarr
 
     continuous keeps each quaternion track in one hemisphere over T (what keyframes need).
     """
-    rig, skeleton = binding.rig, binding.skeleton
-    world = skeleton.forward_kinematics_matrices(quat_to_matrix(np.asarray(local_rotations, np.float64)),
-                                                 np.asarray(root_positions, np.float64))[1]
-    want = rotations_to_blender(world[:, binding.joints]) @ binding.rest_align  # (T, M, 3, 3) armature space
+    rig, plan = binding.rig, binding.plan
+    heads, turn = rig_world(binding.skeleton, binding.bones, plan, quat_to_matrix(np.asarray(local_rotations,
+                                                                                            np.float64)),
+                            np.asarray(root_positions, np.float64))
+    # (T, M, 3, 3) armature space: the turn away from rest, in Blender's axes, on the bone's rest orientation.
+    want = Y_UP_TO_Z_UP @ turn[:, plan.bones] @ Y_UP_TO_Z_UP.T @ rig.rest[plan.bones, :3, :3]
     t, n_bones = len(root_positions), len(rig.names)
     slot = np.full(n_bones, -1)
     slot[binding.driven] = np.arange(len(binding.driven))
@@ -188,7 +150,7 @@ def pose(binding: Binding, root_positions: np.ndarray, local_rotations: np.ndarr
         out[:, mine, :3, :3] = want[:, slot[level][mine]]
         out[:, mine, :3, 3] = frame[:, mine, :3, 3]
         if root_bone in level:
-            out[:, np.flatnonzero(level == root_bone)[0], :3, 3] = positions_to_blender(root_positions)
+            out[:, np.flatnonzero(level == root_bone)[0], :3, 3] = positions_to_blender(heads[:, root_bone])
         frames[:, level], posed[:, level] = frame, out
     basis = _affine_inverse(frames[:, binding.driven]) @ posed[:, binding.driven]
     quats = matrix_to_quat(basis[..., :3, :3])

@@ -1,5 +1,7 @@
 extends Node3D
-## Motion VAE demo: one character streamed from the bridge server, built from the handshake.
+## Motion VAE demo: one character streamed from the bridge server onto Godot's humanoid reference
+## skeleton (SkeletonProfileHumanoid: other names, proportions and rest pose than the model's), which the
+## modifier has the server match (bind), with the root motion and legs scaled to it.
 ##
 ## Arrow keys (or a gamepad's left stick) steer, Shift runs, R resets, P pauses. Steering needs a model
 ## with a joystick policy; without one the server answers no_policy and the character walks freely.
@@ -106,8 +108,8 @@ func _checker_texture() -> ImageTexture:
 
 
 func _on_connected(hello: Dictionary) -> void:
-	MotionVAESkeletonBuilder.build(skeleton, hello)
-	_build_bone_meshes(hello)
+	MotionVAESkeletonBuilder.build_humanoid(skeleton)
+	_build_bone_meshes()
 	status.text = "%s: %d bones at %s fps" % [hello["model"], client.bone_names.size(), hello["fps"]]
 	print("demo: connected to %s (%d bones, %s fps)" % [hello["model"], client.bone_names.size(), hello["fps"]])
 
@@ -118,18 +120,16 @@ func _on_error(code: String, message: String) -> void:
 
 
 ## A sphere on every joint and a capsule from every joint to each child, riding on BoneAttachment3Ds.
-func _build_bone_meshes(hello: Dictionary) -> void:
+func _build_bone_meshes() -> void:
 	for child in skeleton.get_children():
 		if child is BoneAttachment3D:
 			child.queue_free()
 	var material := StandardMaterial3D.new()
 	material.albedo_color = Color(0.85, 0.45, 0.2)
-	var parents: Array = hello["skeleton"]["parents"]
-	var offsets: Array = hello["skeleton"]["offsets"]
 	var attachments := []
-	for i in client.bone_names.size():
+	for i in skeleton.get_bone_count():
 		var attachment := BoneAttachment3D.new()
-		attachment.bone_name = client.bone_names[i]
+		attachment.bone_name = skeleton.get_bone_name(i)
 		skeleton.add_child(attachment)
 		var joint := MeshInstance3D.new()
 		var sphere := SphereMesh.new()
@@ -139,9 +139,9 @@ func _build_bone_meshes(hello: Dictionary) -> void:
 		joint.mesh = sphere
 		attachment.add_child(joint)
 		attachments.append(attachment)
-	for i in client.bone_names.size():
-		var parent := int(parents[i])
-		var offset := Vector3(float(offsets[i][0]), float(offsets[i][1]), float(offsets[i][2]))
+	for i in skeleton.get_bone_count():
+		var parent := skeleton.get_bone_parent(i)
+		var offset := skeleton.get_bone_rest(i).origin
 		if parent < 0 or offset.length() < 1e-4:
 			continue
 		var limb := MeshInstance3D.new()
@@ -150,7 +150,8 @@ func _build_bone_meshes(hello: Dictionary) -> void:
 		capsule.height = offset.length()
 		capsule.material = material
 		limb.mesh = capsule
-		# Capsules stand along +Y; turn this one onto the parent -> child offset, halfway along it.
+		# Capsules stand along +Y; turn this one onto the parent -> child offset (in the parent's frame),
+		# halfway along it.
 		limb.transform = Transform3D(Basis(Quaternion(Vector3.UP, offset.normalized())), offset * 0.5)
 		attachments[parent].add_child(limb)
 
@@ -160,7 +161,8 @@ func _on_frame(frame: MotionVAEFrame) -> void:
 	if quit_after > 0 and frames >= quit_after:
 		var index := frame.index_of(modifier.character_id)
 		var where := frame.root_position(index) if index >= 0 else Vector3.ZERO
-		print("demo: %d frames received, character at %s" % [frames, where])
+		print("demo: %d frames received, character at %s, rig matched as %s" % [frames, where,
+				modifier.bind_reply.get("preset", "(no reply yet)")])
 		get_tree().quit()
 
 

@@ -62,6 +62,8 @@ func _on_frame(frame: MotionVAEFrame) -> void:
 	if _first < 0:
 		_first = frame.frame
 	_times.append((frame.frame - _first) / float(client.hello.get("fps", 30.0)))
+	if _retarget.bound:
+		_retarget.world_rotations(frame, index)
 	for i in _retarget.targets.size():
 		_rotations.append(_retarget.bone_rotation(frame, index, i))
 	_positions.append(_retarget.root_position(frame, index, position_scale))

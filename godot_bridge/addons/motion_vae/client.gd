@@ -44,6 +44,7 @@ var hello: Dictionary = {}  ## the last handshake (empty until connected)
 var bone_names := PackedStringArray()  ## the model's bone names, in frame order
 var character_ids: Array[int] = []  ## ids of this client's spawned characters
 var latest_frame: MotionVAEFrame  ## the newest frame received (null before the first)
+var bindings := {}  ## bind replies (ok or error) by the seq bind_rig returned; cleared on every connection
 
 var _peer: WebSocketPeer
 var _open := false
@@ -136,9 +137,13 @@ func _on_text(text: String) -> void:
 			_on_hello(message)
 		"error":
 			error.emit(str(message.get("code", "")), str(message.get("message", "")))
+			if message.get("seq") != null and bindings.has(int(message["seq"])):
+				bindings[int(message["seq"])] = message
 			reply_received.emit(message)
 		"ok":
 			_track_characters(message)
+			if str(message.get("request", "")) == "bind":
+				bindings[int(message.get("seq", -1))] = message
 			reply_received.emit(message)
 		"stats":
 			reply_received.emit(message)
@@ -153,6 +158,7 @@ func _on_hello(message: Dictionary) -> void:
 	hello = message
 	bone_names = PackedStringArray(message["skeleton"]["names"])
 	character_ids.clear()
+	bindings.clear()
 	_open = true
 	_delay = 0.0
 	if random_seed >= 0:
@@ -203,6 +209,25 @@ func send_message(type: String, fields: Dictionary = {}) -> int:
 	_seq += 1
 	_peer.send_text(MotionVAEProtocol.encode_message(type, fields, _seq))
 	return _seq
+
+
+## Asks the server to match skeleton to the model (PROTOCOL.md "bind"): the rest heads of its bones, sent
+## under names (one per bone: the names a BoneMap gives them, else their own), and bone_map's overrides
+## (model joint -> bone name). The reply lands in bindings[seq] ({} until it arrives); returns seq or -1.
+func bind_rig(skeleton: Skeleton3D, names: PackedStringArray, bone_map: Dictionary = {}) -> int:
+	var parents := []
+	var heads := []
+	for i in skeleton.get_bone_count():
+		parents.append(skeleton.get_bone_parent(i))
+		var head := skeleton.get_bone_global_rest(i).origin
+		heads.append([head.x, head.y, head.z])
+	var fields := {"bones": Array(names), "parents": parents, "heads": heads}
+	if not bone_map.is_empty():
+		fields["map"] = bone_map
+	var seq := send_message("bind", fields)
+	if seq >= 0:
+		bindings[seq] = {}
+	return seq
 
 
 ## Spawns count characters (on start frame start, or a random one when start < 0), foot locking as foot_lock.
