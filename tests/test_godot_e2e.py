@@ -144,8 +144,9 @@ def test_godot_applies_300_frames_exactly_as_the_server_sent_them(e2e):
 
 def test_baked_library_reloads_with_a_track_per_bone_and_the_right_length(godot, project, e2e):
     root, _ = project
-    model, result, _, sent = e2e
+    model, result, by_number, _ = e2e
     assert result["baked"] == "res://baked.tres"
+    sent = [by_number[result["baked_first"] + k] for k in range(BAKE_FRAMES)]
     proc = godot(root, "-s", "res://godot_tests/reload.gd", "--", "--library", "res://baked.tres",
                  "--out", "res://reloaded.json")
     assert proc.returncode == 0 and not script_errors(proc.stdout + proc.stderr), proc.stderr[-2000:]
@@ -162,10 +163,10 @@ def test_baked_library_reloads_with_a_track_per_bone_and_the_right_length(godot,
         times = [k[0] for k in t["keys"]]
         assert np.allclose(times, np.arange(BAKE_FRAMES) / model.fps, atol=1e-5)
     baked_q = np.array([[k[1] for k in t["keys"]] for t in rotation]).transpose(1, 0, 2)
-    server_q = np.stack([f.local_rotations[0] for f in sent[:BAKE_FRAMES]])
+    server_q = np.stack([f.local_rotations[0] for f in sent])
     assert sign_free_error(baked_q, server_q) < 1e-5
     baked_root = np.array([k[1] for k in position[0]["keys"]])
-    assert np.abs(baked_root - np.stack([f.root_position[0] for f in sent[:BAKE_FRAMES]])).max() < 1e-5
+    assert np.abs(baked_root - np.stack([f.root_position[0] for f in sent])).max() < 1e-5
 
 
 def test_gdscript_decodes_frames_like_protocol_py(godot, project):
@@ -342,26 +343,34 @@ def _godot_rigs(skeleton) -> tuple[list[dict], dict[str, RigSpec]]:
     return out, specs
 
 
-@pytest.fixture(scope="module")
-def godot_rigs(godot, project):
-    """rigs.gd's report: each rig's bind reply and bone poses, and the reference frames, over RIG_FRAMES frames."""
+def _run_rigs(godot, project, driver: str, names: list[str] | None = None) -> tuple:
+    """A rig driver's report on the rigs of _godot_rigs (those named, else all) over RIG_FRAMES frames, with the
+    model and the reference frames' world positions and rotations."""
     root, _ = project
     model = load_model(ROOT / "runtime" / "assets" / "default")
     rig_list, specs = _godot_rigs(model.skeleton)
-    (root / "rigs_in.json").write_text(json.dumps({"rigs": rig_list}))
+    rig_list = [r for r in rig_list if names is None or r["name"] in names]
+    (root / f"{driver}_in.json").write_text(json.dumps({"rigs": rig_list}))
     bridge = Bridge(model, BridgeConfig(max_clients=len(rig_list) + 1, characters_per_client=1, lockstep=True))
     with BackgroundServer(bridge) as server:
-        proc = godot(root, "-s", "res://godot_tests/rigs.gd", "--", "--url", server.url, "--rigs", "res://rigs_in.json",
-                     "--out", "res://rigs_out.json", "--frames", str(RIG_FRAMES), timeout=240)
+        proc = godot(root, "-s", f"res://godot_tests/{driver}.gd", "--", "--url", server.url,
+                     "--rigs", f"res://{driver}_in.json", "--out", f"res://{driver}_out.json",
+                     "--frames", str(RIG_FRAMES), timeout=240)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and not script_errors(output), output[-3000:]
-    result = json.loads((root / "rigs_out.json").read_text())
+    result = json.loads((root / f"{driver}_out.json").read_text())
     assert result["errors"] == [], result["errors"]
     ref = result["reference"]
     rot = quat_to_matrix(np.array([r["rotations"] for r in ref], np.float64))
     root_pos = np.array([r["root"] for r in ref], np.float64)
     positions, world = model.skeleton.forward_kinematics_matrices(rot, root_pos)
     return model, specs, result, positions, world
+
+
+@pytest.fixture(scope="module")
+def godot_rigs(godot, project):
+    """rigs.gd's report: each rig's bind reply and bone poses, and the reference frames, over RIG_FRAMES frames."""
+    return _run_rigs(godot, project, "rigs")
 
 
 def _rig_frames(result: dict, name: str, frames: list[int]) -> tuple[list[str], dict, np.ndarray, np.ndarray]:
@@ -384,11 +393,17 @@ def _feet(model, positions: np.ndarray, heads: np.ndarray, toes: list[int], scal
     return heads[:, toes, 1].min(), slides[0], slides[1]
 
 
-@pytest.mark.parametrize("name", ["mixamo", "rigify", "unreal", "godot", "cmu-bvh", "cmu-asf", "godot-bonemap"])
-def test_godot_rigs_of_every_convention_turn_as_the_model_and_keep_their_feet(godot_rigs, name):
-    model, specs, result, positions, world = godot_rigs
+def _assert_rig_follows_the_model(rigs_report: tuple, name: str) -> None:
+    """The rig's mapped bones turn in the world as the model's (legs of other proportions: their feet instead),
+    its toes stay on the ground and slide no more than the model's."""
+    model, specs, result, positions, world = rigs_report
     spec, sk = specs[name], model.skeleton
-    frames = [r["frame"] for r in result["reference"]]
+    all_frames = [r["frame"] for r in result["reference"]]
+    shown = {f["frame"] for f in result["rigs"][name]["frames"]}
+    keep = np.array([f in shown for f in all_frames])
+    frames = [f for f in all_frames if f in shown]
+    assert len(frames) >= RIG_FRAMES - 2, f"{len(frames)} of the rig's frames match reference frames"
+    positions, world = positions[keep], world[keep]
     names, reply, turn, heads = _rig_frames(result, name, frames)
     assert reply["preset"] == spec.preset
     assert {sk.names[j]: names[int(b)] for j, b in enumerate(reply["bones"]) if b >= 0} == spec.expected
@@ -396,11 +411,32 @@ def test_godot_rigs_of_every_convention_turn_as_the_model_and_keep_their_feet(go
     bones = [names.index(spec.expected[j]) for j in check]
     joints = np.array([sk.index(j) for j in check])
     error = angle_deg(turn[:, bones] @ spec.align_array(sk, joints), world[:, joints])
+    print(f"{name}: mapped bones within {error.max():.5f} deg of the model's over {len(frames)} frames")
     assert error.max() < 0.01, f"{check[error.max(0).argmax()]} turns {error.max():.4f} deg off the model's"
     toes = [names.index(spec.expected[t]) for t in ("LeftToeBase", "RightToeBase")]
     low, model_slide, rig_slide = _feet(model, positions, heads, toes, reply["root_scale"])
+    print(f"{name}: lowest toe {low * 1000:.2f} mm, planted toes slide {rig_slide:.4f} m/s (model {model_slide:.4f})")
     assert low > -0.005, f"toes {-low * 1000:.1f} mm under the ground"
     assert rig_slide <= 1.1 * model_slide, f"planted toes slide {rig_slide:.4f} m/s against {model_slide:.4f}"
+
+
+@pytest.mark.parametrize("name", ["mixamo", "rigify", "unreal", "godot", "cmu-bvh", "cmu-asf", "godot-bonemap"])
+def test_godot_rigs_of_every_convention_turn_as_the_model_and_keep_their_feet(godot_rigs, name):
+    _assert_rig_follows_the_model(godot_rigs, name)
+
+
+BAKED_RIGS = ["mixamo", "godot", "godot-bonemap"]
+
+
+@pytest.fixture(scope="module")
+def baked_rigs(godot, project):
+    """bake_rigs.gd's report: BAKED_RIGS baked by MotionVAEBaker, each library reloaded and played on its rig."""
+    return _run_rigs(godot, project, "bake_rigs", BAKED_RIGS)
+
+
+@pytest.mark.parametrize("name", BAKED_RIGS)
+def test_libraries_baked_for_other_rigs_turn_as_the_model_and_keep_their_feet(baked_rigs, name):
+    _assert_rig_follows_the_model(baked_rigs, name)
 
 
 @pytest.mark.parametrize("name", ["profile", "cmu131"])

@@ -5,8 +5,8 @@ extends SceneTree
 ## Two skeletons follow character 0: "plain", built from the handshake (identity rest), and "rotated",
 ## the same shape with random rest rotations, which exercises rest-pose compensation. After each frame
 ## is applied the driver records both skeletons' poses, then asks for the next step; a MotionVAEBaker
-## records the first M frames into an AnimationLibrary meanwhile. The JSON result lets the test compare
-## everything with the frames the server sent.
+## records M frames (from the first after its bind) into an AnimationLibrary meanwhile. The JSON result lets the
+## test compare everything with the frames the server sent.
 
 var client: MotionVAEClient
 var plain := Skeleton3D.new()
@@ -50,7 +50,9 @@ func _initialize() -> void:
 	baker.skeleton = plain
 	baker.frame_count = int(args.get("bake-frames", "60"))
 	baker.output_path = args.get("library", "res://baked.tres")
-	baker.baked.connect(func(path: String, err: Error) -> void: result["baked"] = path if err == OK else error_string(err))
+	baker.baked.connect(func(path: String, err: Error) -> void:
+		result["baked"] = path if err == OK else error_string(err)
+		result["baked_first"] = baker.first_frame)
 	root.add_child(baker)
 	create_timer(float(args.get("timeout", "60"))).timeout.connect(_finish.bind("timed out"))
 

@@ -1,6 +1,6 @@
 extends SceneTree
 ## Rigs of every convention driven by the addon's MotionVAESkeletonModifier (match_rig on), for
-## tests/test_godot_rigs.py.
+## tests/test_godot_e2e.py.
 ##
 ## Args after "--": --url URL (a lockstep server) --rigs res://rigs_in.json --out res://rigs_out.json
 ##   --frames N --seed S
@@ -34,13 +34,11 @@ func _initialize() -> void:
 	clients.append(_client(args["url"]))
 	clients[0].frame_received.connect(_on_reference)
 	for rig: Dictionary in spec["rigs"]:
-		var skeleton := _profile_skeleton() if rig.get("profile", false) else _skeleton(rig)
-		skeleton.name = str(rig["name"])
+		var skeleton := MotionVAETestRigs.skeleton(rig)
 		var client := _client(args["url"])
 		var modifier := MotionVAESkeletonModifier.new()
 		modifier.client = client
-		if rig.get("bone_map") != null:
-			modifier.humanoid_bone_map = _bone_map(rig["bone_map"])
+		modifier.humanoid_bone_map = MotionVAETestRigs.bone_map(rig)
 		root.add_child(skeleton)
 		skeleton.add_child(modifier)
 		skeleton.skeleton_updated.connect(_record.bind(skeletons.size()))
@@ -48,12 +46,7 @@ func _initialize() -> void:
 		skeletons.append(skeleton)
 		modifiers.append(modifier)
 		names.append(str(rig["name"]))
-		var bones := []
-		for i in skeleton.get_bone_count():
-			var g := skeleton.get_bone_global_rest(i)
-			var q := g.basis.get_rotation_quaternion()
-			bones.append({"name": skeleton.get_bone_name(i), "parent": skeleton.get_bone_parent(i),
-					"rest": [q.x, q.y, q.z, q.w], "head": [g.origin.x, g.origin.y, g.origin.z]})
+		var bones := MotionVAETestRigs.rest_report(skeleton)
 		result["rigs"][names[-1]] = {"bones": bones, "frames": [], "reply": {}}
 	create_timer(float(args.get("timeout", "120"))).timeout.connect(_finish.bind("timed out"))
 
@@ -69,46 +62,6 @@ func _client(url: String) -> MotionVAEClient:
 	client.error.connect(func(code: String, message: String) -> void: result["errors"].append(code + ": " + message))
 	root.add_child(client)
 	return client
-
-
-## A skeleton from rest heads and global rest rotations (bone axes anywhere: rolled bones).
-func _skeleton(rig: Dictionary) -> Skeleton3D:
-	var skeleton := Skeleton3D.new()
-	var bones: Array = rig["bones"]
-	var parents: Array = rig["parents"]
-	var heads: Array = rig["heads"]
-	var rests: Array = rig["rests"]
-	for i in bones.size():
-		skeleton.add_bone(str(bones[i]))
-	for i in bones.size():
-		var parent := int(parents[i])
-		var own := Quaternion(rests[i][0], rests[i][1], rests[i][2], rests[i][3])
-		var head := Vector3(heads[i][0], heads[i][1], heads[i][2])
-		var parent_rotation := Quaternion.IDENTITY
-		var parent_head := Vector3.ZERO
-		if parent >= 0:
-			parent_rotation = Quaternion(rests[parent][0], rests[parent][1], rests[parent][2], rests[parent][3])
-			parent_head = Vector3(heads[parent][0], heads[parent][1], heads[parent][2])
-		skeleton.set_bone_parent(i, parent)
-		skeleton.set_bone_rest(i, Transform3D(Basis(parent_rotation.inverse() * own),
-				parent_rotation.inverse() * (head - parent_head)))
-	skeleton.reset_bone_poses()
-	return skeleton
-
-
-## Godot's own humanoid reference skeleton: SkeletonProfileHumanoid's bones and reference poses.
-func _profile_skeleton() -> Skeleton3D:
-	var skeleton := Skeleton3D.new()
-	MotionVAESkeletonBuilder.build_humanoid(skeleton)
-	return skeleton
-
-
-func _bone_map(entries: Dictionary) -> BoneMap:
-	var bone_map := BoneMap.new()
-	bone_map.profile = SkeletonProfileHumanoid.new()
-	for profile_bone: String in entries:
-		bone_map.set_skeleton_bone_name(StringName(profile_bone), StringName(entries[profile_bone]))
-	return bone_map
 
 
 func _on_reply(reply: Dictionary) -> void:
@@ -150,15 +103,9 @@ func _on_reference(frame: MotionVAEFrame) -> void:
 func _record(rig: int) -> void:
 	if target < 0 or recorded.has(rig) or modifiers[rig].applied_frame != target:
 		return
-	var skeleton := skeletons[rig]
-	var rotations := []
-	var heads := []
-	for i in skeleton.get_bone_count():
-		var g := skeleton.get_bone_global_pose(i)
-		var q := g.basis.get_rotation_quaternion()
-		rotations.append([q.x, q.y, q.z, q.w])
-		heads.append([g.origin.x, g.origin.y, g.origin.z])
-	result["rigs"][names[rig]]["frames"].append({"frame": target, "rotations": rotations, "heads": heads})
+	var pose := MotionVAETestRigs.pose_report(skeletons[rig])
+	pose["frame"] = target
+	result["rigs"][names[rig]]["frames"].append(pose)
 	recorded[rig] = true
 	if recorded.size() == skeletons.size():
 		if result["reference"].size() >= wanted:

@@ -113,6 +113,17 @@ func setup_bound(skeleton: Skeleton3D, names: PackedStringArray, parents: Array,
 	return ""
 
 
+## The names a skeleton's bones are bound under: their humanoid profile names through humanoid_bone_map, else
+## their own.
+static func bind_names(skeleton: Skeleton3D, humanoid_bone_map: BoneMap) -> PackedStringArray:
+	var out := PackedStringArray()
+	for i in skeleton.get_bone_count():
+		var own := skeleton.get_bone_name(i)
+		var profile := humanoid_bone_map.find_profile_bone_name(own) if humanoid_bone_map != null else &""
+		out.append(str(profile) if profile != &"" else own)
+	return out
+
+
 func _global_rest(skeleton: Skeleton3D, bone: int) -> Quaternion:
 	if bone < 0:
 		return Quaternion.IDENTITY

@@ -62,7 +62,7 @@ func _bind(skeleton: Skeleton3D) -> void:
 		_retarget.bound = false
 		bind_reply = {}
 		_bind_key = key
-		_bind_seq = client.bind_rig(skeleton, _names(skeleton), bone_map)
+		_bind_seq = client.bind_rig(skeleton, MotionVAERetarget.bind_names(skeleton, humanoid_bone_map), bone_map)
 		return
 	var reply: Dictionary = client.bindings[_bind_seq]
 	if reply.is_empty() or not bind_reply.is_empty():
@@ -75,16 +75,6 @@ func _bind(skeleton: Skeleton3D) -> void:
 	var problem := _retarget.setup_bound(skeleton, client.bone_names, client.hello["skeleton"]["parents"], reply)
 	if problem != "":
 		_warn(problem)
-
-
-## The names the skeleton's bones are sent under: their humanoid profile names through humanoid_bone_map.
-func _names(skeleton: Skeleton3D) -> PackedStringArray:
-	var out := PackedStringArray()
-	for i in skeleton.get_bone_count():
-		var own := skeleton.get_bone_name(i)
-		var profile := humanoid_bone_map.find_profile_bone_name(own) if humanoid_bone_map != null else &""
-		out.append(str(profile) if profile != &"" else own)
-	return out
 
 
 func _warn(problem: String) -> void:
