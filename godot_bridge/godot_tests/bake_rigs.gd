@@ -45,30 +45,19 @@ func _initialize() -> void:
 
 
 func _client(url: String) -> MotionVAEClient:
-	var client := MotionVAEClient.new()
-	client.url = url
-	client.reconnect = false
-	client.spawn_on_connect = 0
-	client.random_seed = seed_value
-	client.connected.connect(func(_hello: Dictionary) -> void: client.spawn(1, 0))
-	client.reply_received.connect(_on_reply)
+	var client := MotionVAETestRigs.client(root, url, seed_value, result["errors"], _on_spawned)
 	client.frame_received.connect(_on_frame)
-	client.error.connect(func(code: String, message: String) -> void: result["errors"].append(code + ": " + message))
-	root.add_child(client)
 	return client
 
 
-func _on_reply(reply: Dictionary) -> void:
-	if reply.get("type") == "error":
-		result["errors"].append(str(reply))
-	elif reply.get("request") == "spawn":
-		spawned += 1
-		if spawned == clients.size():
-			for baker in bakers:
-				if baker.start() != OK:
-					_finish("a baker did not start")
-					return
-			_step_all()
+func _on_spawned() -> void:
+	spawned += 1
+	if spawned == clients.size():
+		for baker in bakers:
+			if baker.start() != OK:
+				_finish("a baker did not start")
+				return
+		_step_all()
 
 
 func _step_all() -> void:
@@ -78,12 +67,7 @@ func _step_all() -> void:
 
 
 func _on_reference(frame: MotionVAEFrame) -> void:
-	var rotations := []
-	for i in frame.bone_count:
-		var q := frame.local_rotation(0, i)
-		rotations.append([q.x, q.y, q.z, q.w])
-	var p := frame.root_position(0)
-	result["reference"].append({"frame": frame.frame, "root": [p.x, p.y, p.z], "rotations": rotations})
+	result["reference"].append(MotionVAETestRigs.frame_report(frame))
 
 
 func _on_frame(_frame: MotionVAEFrame) -> void:

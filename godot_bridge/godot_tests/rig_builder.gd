@@ -66,3 +66,32 @@ static func pose_report(skeleton: Skeleton3D) -> Dictionary:
 		rotations.append([q.x, q.y, q.z, q.w])
 		heads.append([g.origin.x, g.origin.y, g.origin.z])
 	return {"rotations": rotations, "heads": heads}
+
+
+## A client added under parent that spawns one character on start frame 0 with seed once connected, calls
+## on_spawned when that is done, and appends its errors and refused requests to errors.
+static func client(parent: Node, url: String, seed_value: int, errors: Array, on_spawned: Callable) -> MotionVAEClient:
+	var out := MotionVAEClient.new()
+	out.url = url
+	out.reconnect = false
+	out.spawn_on_connect = 0
+	out.random_seed = seed_value
+	out.connected.connect(func(_hello: Dictionary) -> void: out.spawn(1, 0))
+	out.error.connect(func(code: String, message: String) -> void: errors.append(code + ": " + message))
+	out.reply_received.connect(func(reply: Dictionary) -> void:
+		if reply.get("type") == "error":
+			errors.append(str(reply))
+		elif reply.get("request") == "spawn":
+			on_spawned.call())
+	parent.add_child(out)
+	return out
+
+
+## Character record 0 of frame: its frame number, root position and local rotations, as the tests read them.
+static func frame_report(frame: MotionVAEFrame) -> Dictionary:
+	var rotations := []
+	for i in frame.bone_count:
+		var q := frame.local_rotation(0, i)
+		rotations.append([q.x, q.y, q.z, q.w])
+	var p := frame.root_position(0)
+	return {"frame": frame.frame, "root": [p.x, p.y, p.z], "rotations": rotations}

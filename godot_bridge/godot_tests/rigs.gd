@@ -52,25 +52,13 @@ func _initialize() -> void:
 
 
 func _client(url: String) -> MotionVAEClient:
-	var client := MotionVAEClient.new()
-	client.url = url
-	client.reconnect = false
-	client.spawn_on_connect = 0
-	client.random_seed = seed_value
-	client.connected.connect(func(_hello: Dictionary) -> void: client.spawn(1, 0))
-	client.reply_received.connect(_on_reply)
-	client.error.connect(func(code: String, message: String) -> void: result["errors"].append(code + ": " + message))
-	root.add_child(client)
-	return client
+	return MotionVAETestRigs.client(root, url, seed_value, result["errors"], _on_spawned)
 
 
-func _on_reply(reply: Dictionary) -> void:
-	if reply.get("type") == "error":
-		result["errors"].append(str(reply))
-	elif reply.get("request") == "spawn":
-		spawned += 1
-		if spawned == clients.size():
-			_step_all()
+func _on_spawned() -> void:
+	spawned += 1
+	if spawned == clients.size():
+		_step_all()
 
 
 func _step_all() -> void:
@@ -92,12 +80,7 @@ func _on_reference(frame: MotionVAEFrame) -> void:
 		_step_all.call_deferred()
 		return
 	target = frame.frame
-	var rotations := []
-	for i in frame.bone_count:
-		var q := frame.local_rotation(0, i)
-		rotations.append([q.x, q.y, q.z, q.w])
-	var p := frame.root_position(0)
-	result["reference"].append({"frame": frame.frame, "root": [p.x, p.y, p.z], "rotations": rotations})
+	result["reference"].append(MotionVAETestRigs.frame_report(frame))
 
 
 func _record(rig: int) -> void:
