@@ -20,7 +20,7 @@ held 5 s; target: random targets 1-10 m away, a new one on arrival; path: a figu
 
 The model measured is the shipped default one unless --model DIR --frames-npz NPZ name another and its mocap;
 the default model's mocap is rebuilt with the README's recipe (trainer.procedural, seed 7) in a temporary
-folder. When ../shared/mocap/bandai2_locomotion exists, a model is trained on it with the README's recipe in a
+folder. When ../shared/mocap/bandai2_locomotion exists, a model is trained on it with configs/mocap.toml in a
 temporary folder that is deleted afterwards (nothing derived is kept), or --bandai-model DIR
 --bandai-frames-npz NPZ reuse one.
 Usage: python benchmarks/foot_lock.py [--model DIR --frames-npz NPZ] [--bandai-model DIR --bandai-frames-npz NPZ]
@@ -67,13 +67,11 @@ def procedural_frames(work: Path) -> Path:
 
 
 def bandai_model(work: Path) -> tuple[Path, Path]:
-    """A model trained on the Bandai locomotion data with the README's recipe, and its frames."""
+    """A model trained on the Bandai locomotion data with the recommended recipe (configs/mocap.toml), and its frames."""
     frames, run, model = work / "frames.npz", work / "run", work / "model"
     run_module("trainer.prepare", str(BANDAI), "-o", str(frames), "--mirror")
-    run_module("trainer.train", str(frames), "--out", str(run), "--teacher-epochs", "4", "--ramp-epochs", "4",
-               "--student-epochs", "14", "--batches-per-epoch", "60", "--seed", "0", "--threads", "1",
-               "--kl-mode", "capacity", "--set", "kl_gamma=1.0", "--set", "kl_capacity=4.0",
-               "--set", "kl_capacity_steps=4000", "--no-progress")
+    run_module("trainer.train", str(frames), "--out", str(run), "--config", str(ROOT / "configs" / "mocap.toml"),
+               "--threads", "1", "--no-progress")
     run_module("trainer.export", str(run), "--out", str(model), "--licence", "CC BY-NC-ND 4.0: do not share")
     return model, frames
 
@@ -315,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n(Bandai skipped: {'--no-bandai' if args.no_bandai else f'{BANDAI} is not present'})")
             return 0
         else:
-            print("\ntraining a model on the Bandai data with the README's recipe (a few minutes) ...", flush=True)
+            print("\ntraining a model on the Bandai data with configs/mocap.toml (about 25 minutes of one thread) ...", flush=True)
             t0 = time.perf_counter()
             path, npz = bandai_model(work)
             bandai = load_model(path)
