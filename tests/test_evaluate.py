@@ -13,10 +13,10 @@ from runtime.skeleton import Skeleton
 from tests.test_train import TINY, write_frames
 from trainer.checkpoint import read_checkpoint, save_checkpoint
 from trainer.data import load_frames
-from trainer.evaluate import BOUNDS, checks, main, reference
+from trainer.evaluate import BOUNDS, START_S, checks, main, reference
 from trainer.export import export
 from trainer.motion_metrics import frechet_distance, gait_series, gait_summary
-from trainer.procedural import generate_clip
+from trainer.procedural import Segment, Style, generate_clip
 from trainer.train import main as train_main
 
 SECTIONS = ("reconstruction", "latent", "rollouts", "frechet", "gait", "freezing", "fk_error_mm", "feet", "checks",
@@ -27,7 +27,12 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def procedural_frames(path: Path, n_clips: int, seconds: float) -> Path:
     """A frames.npz of procedural locomotion (feet that really plant), as trainer.prepare writes it."""
-    clips = [generate_clip(seed, seconds) for seed in range(n_clips)]
+    return clip_frames(path, [generate_clip(seed, seconds) for seed in range(n_clips)])
+
+
+def clip_frames(path: Path, clips: list) -> Path:
+    """A frames.npz of the given procedural clips, as trainer.prepare writes it."""
+    n_clips = len(clips)
     layout = FeatureLayout.for_skeleton(clips[0].skeleton, 30.0)
     encoded = [encode(c, layout) for c in clips]
     sizes = np.array([len(e.features) for e in encoded])
@@ -137,6 +142,8 @@ def test_a_model_that_only_stands_fails_on_gait_and_freezing(run, tmp_path):
     result = json.loads((standing / "eval.json").read_text())
     assert result["gait"]["model"]["share_standing"] == 1.0 and result["gait"]["model"]["speed_p90"] < 1e-6
     assert result["freezing"]["model"] == 1.0 and not result["checks"]["freezing"]["ok"]
+    if result["starts"] is not None:  # the tiny clips may never stand; where they do, this model never walks off
+        assert result["starts"]["model"] == 0.0 and result["starts"]["data"] > 0.0
     assert result["verdict"] == "fail"
 
 
@@ -150,12 +157,28 @@ def test_mocap_measured_by_the_rollout_rule_plants_its_feet(tmp_path):
     assert 0.5 < ref.gait["speed_p50"] < 3.5
 
 
+def test_starts_from_standing_are_read_off_the_clips(tmp_path):
+    """Standing frames START_S before a clip's end, and whether the clip walks off from them within START_S."""
+    stop_and_go = generate_clip(1, 8.0, plan=[Segment(2.5, 0.0), Segment(6.0, 1.3)], style=Style())
+    stays = generate_clip(2, 8.0, plan=[Segment(10.0, 0.0)], style=Style())
+    walks = generate_clip(3, 8.0, plan=[Segment(10.0, 1.3)], style=Style())
+    frames = load_frames(clip_frames(tmp_path / "frames.npz", [stop_and_go, stays, walks]))
+    first = reference(frames, np.array([0]))
+    assert first.starts == 1.0 and len(first.standing) > 30   # it stands 1-2.5 s in and walks off within 3 s of each
+    assert first.standing.max() < 2.5 * 30 + 20               # standing ends around the start (a gait window late)
+    assert reference(frames, np.array([1])).starts == 0.0     # standing throughout: never walks off
+    assert reference(frames, np.array([2])).starts is None    # never standing: nothing to judge
+    both = reference(frames, np.array([0, 1]))
+    assert 0.3 < both.starts < 0.7
+    assert (both.standing[both.standing >= frames.clip_starts[1]] + START_S * 30 <= frames.end_indices[1]).all()
+
+
 def _result(**changes) -> dict:
     gait = {"speed_p10": 0.5, "speed_p50": 1.0, "speed_p90": 2.0, "turn_p50": 10.0, "turn_p90": 40.0,
             "share_standing": 0.1, "share_walking": 0.5, "share_jogging": 0.2, "share_running": 0.2}
     result = {"rollouts": {"non_finite": 0, "resets": 0}, "frechet": {"drift": 1.0},
               "gait": {"model": dict(gait), "data": dict(gait)}, "freezing": {"model": 0.0, "data": 0.0},
-              "fk_error_mm": {"mean": 0.5, "p99": 5.0},
+              "fk_error_mm": {"mean": 0.5, "p99": 5.0}, "starts": {"model": 0.8, "data": 0.8},
               "feet": {"skating_ratio": 1.0, "data_skating_mps": 0.1, "under_floor": 0.0, "data_under_floor": 0.0}}
     for path, value in changes.items():
         *keys, last = path.split("__")
@@ -175,6 +198,7 @@ def _result(**changes) -> dict:
     ("fk_error_mm__p99", BOUNDS["fk_p99_mm"] * 1.01, "fk_p99_mm"),
     ("freezing__model", BOUNDS["frozen"] * 1.1, "freezing"),
     ("rollouts__resets", 1, "no_resets"),
+    ("starts__model", 0.8 - BOUNDS["starts"] * 1.1, "starts"),
 ])
 def test_each_bound_fails_just_outside_it(path, bad, check):
     assert all(c["ok"] for c in checks(_result()).values())

@@ -9,6 +9,9 @@ held-out clips' world poses by one rule (Track), and the verdict compares the tw
   the held-out data) over the first EARLY_S seconds and over the last third of the rollouts, and their ratio;
 - gait: speed and turning of the hips' ground path over whole gait cycles, percentiles and the share of frames
   standing, walking, jogging and running over the last third, beside the held-out clips';
+- starts: from the held-out clips' standing frames, the share of characters that walk off within START_S, beside
+  the share of those frames the clips themselves walk off from (a model that never starts stands for good once
+  it stops);
 - feet: skating (horizontal speed of planted feet), contacts found from the positions (runtime.contacts);
   feet under the floor;
 - the rotations against the predicted positions (FK error), freezing, NaNs and divergence resets;
@@ -38,8 +41,8 @@ from .checkpoint import CheckpointError, LoadedRun, checkpoint_path, load_run, r
 from .config import ConfigError
 from .data import Frames, FramesError, RolloutSampler, clip_rows, heldout_clips, load_frames
 from .models import kl_per_dimension
-from .motion_metrics import (character_path, frechet_distance, frozen_windows, gait_series, gait_summary, gaussian,
-                             joint_speed, standardiser)
+from .motion_metrics import (GAITS, character_path, frechet_distance, frozen_windows, gait_series, gait_summary,
+                             gaussian, joint_speed, standardiser)
 from .runs import resolve_device
 
 DEFAULT_HOLDOUT_EVERY = 10
@@ -50,6 +53,7 @@ ACTIVE_KL = 0.01          # nats: a latent dimension carrying less than this is 
 EARLY_S = 10.0            # the rollouts' first seconds, for the drift ratio
 LATE_FRACTION = 1 / 3     # the rollouts' last third: where drift, gait and skating are judged
 UNDER_FLOOR_M = 0.03      # a foot joint this far below its floor is under the floor
+START_S = 3.0             # a standing character walks off when its speed over a gait window passes walking's
 FK_CHUNK = 100            # frames put through forward kinematics at once
 # The verdict: every measure within its bound of the held-out data's.
 BOUNDS = {
@@ -62,6 +66,7 @@ BOUNDS = {
     "fk_p99_mm": 10.0,
     "frozen": 0.05,            # frozen-window share above the data's
     "under_floor": 0.01,       # share of frames with a foot under the floor above the data's
+    "starts": 0.15,            # absolute difference of the share that walks off from standing within START_S
 }
 
 
@@ -84,6 +89,8 @@ class Reference:
     frozen: float
     under_floor: float
     frames: int
+    standing: np.ndarray      # frames (indices into the frames' data) where the clips stand, START_S from an end
+    starts: float | None      # the share of those the clips walk off from within START_S (None: never standing)
 
 
 @dataclass
@@ -137,12 +144,37 @@ def reference(frames: Frames, clips: np.ndarray) -> Reference:
         planted.append(on[1:].ravel())
         under.append((t.feet[..., 1] < floor - UNDER_FLOOR_M).any(-1))
     skate = np.concatenate(skate)
+    standing, moved = [], []
+    for (s, _), t in zip(_rows(frames, clips), tracks):
+        at, off = standing_starts(t.origin, t.yaw, fps)
+        standing.append(s + at)
+        moved.append(off)
+    standing, moved = np.concatenate(standing), np.concatenate(moved)
     return Reference(mean, scale, cov, floor,
                      gait_summary(np.concatenate([g[0] for g in gaits]), np.concatenate([g[1] for g in gaits])),
                      float(skate.mean()) if len(skate) else None,
                      float(np.concatenate(planted).mean()) if layout.contact_joints else 0.0,
                      float(frozen.mean()) if frozen.size else 0.0,
-                     float(np.concatenate(under).mean()) if layout.contact_joints else 0.0, len(feats))
+                     float(np.concatenate(under).mean()) if layout.contact_joints else 0.0, len(feats),
+                     standing, float(moved.mean()) if len(moved) else None)
+
+
+def walked_off(origin: np.ndarray, yaw: np.ndarray, fps: float) -> np.ndarray:
+    """Whether a ground path (..., T, 3) ever moves at walking speed (over a gait window) after its first frame."""
+    speed = gait_series(origin[..., 1:, :], yaw[..., 1:], fps)[0]
+    return (speed >= GAITS[1][1]).any(axis=-1)
+
+
+def standing_starts(origin: np.ndarray, yaw: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """A clip's standing frames (below walking speed over the gait window ending there) with START_S of clip after
+    them, and whether the clip walks off from each within START_S."""
+    speed = gait_series(origin, yaw, fps)[0]
+    width = len(origin) - len(speed)
+    horizon = round(START_S * fps)
+    at = np.flatnonzero(speed < GAITS[1][1]) + width
+    at = at[at + horizon < len(origin)]
+    off = np.array([walked_off(origin[f:f + horizon + 1], yaw[f:f + horizon + 1], fps) for f in at], bool)
+    return at, off
 
 
 def start_windows(frames: Frames, clips: np.ndarray, n_cond: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,6 +213,27 @@ def rollouts(model: MotionModel, frames: Frames, clips: np.ndarray, ref: Referen
             root_rot[:, t - k:t + 1] = world[:, :, 0].transpose(1, 0, 2, 3)
     return summarise(ref, layout, fps, track(shown.astype(np.float64), root_rot.astype(np.float64), layout, fps),
                      fk_error, resets, finite)
+
+
+def starts(model: MotionModel, frames: Frames, ref: Reference, n: int, seed: int) -> dict | None:
+    """Random-latent rollouts of START_S from n of the reference's standing frames: the share that walks off."""
+    at = ref.standing[ref.standing >= model.n_cond - 1]  # standing frames are past a gait window into their clip
+    if len(at) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    at = rng.choice(at, min(n, len(at)), replace=False)
+    ctrl = Controller(model, len(at), seed=seed)
+    ctrl.reset(frames=frames.data[at[:, None] + np.arange(1 - model.n_cond, 1)])
+    horizon = round(START_S * model.fps)
+    positions = np.zeros((len(at), horizon + 1, model.layout.n_joints, 3))
+    root_rot = np.zeros((len(at), horizon + 1, 3, 3))
+    for t in range(1, horizon + 1):
+        poses = ctrl.step()
+        positions[:, t], root_rot[:, t] = poses.positions, quat_to_matrix(poses.local_rotations[:, 0])
+    positions[:, 0], root_rot[:, 0] = positions[:, 1], root_rot[:, 1]  # walked_off reads from frame 1 on
+    rolled = track(positions, root_rot, model.layout, model.fps)
+    return {"model": float(walked_off(rolled.origin, rolled.yaw, model.fps).mean()), "data": ref.starts,
+            "characters": int(len(at)), "seconds": START_S}
 
 
 def summarise(ref: Reference, layout: FeatureLayout, fps: float, rolled: Track, fk_error: np.ndarray,
@@ -236,6 +289,9 @@ def checks(result: dict) -> dict[str, dict]:
     fk = result["fk_error_mm"]
     out["fk_mean_mm"] = (fk["mean"], f"<= {BOUNDS['fk_mean_mm']}", fk["mean"] <= BOUNDS["fk_mean_mm"])
     out["fk_p99_mm"] = (fk["p99"], f"<= {BOUNDS['fk_p99_mm']}", fk["p99"] <= BOUNDS["fk_p99_mm"])
+    if result.get("starts"):
+        diff = abs(result["starts"]["model"] - result["starts"]["data"])
+        out["starts"] = (diff, f"|model - data| <= {BOUNDS['starts']}", diff <= BOUNDS["starts"])
     if "feet" in result:
         feet = result["feet"]
         if feet["data_skating_mps"]:  # data whose feet never plant cannot judge skating
@@ -322,6 +378,7 @@ def evaluate(model: MotionModel, frames: Frames, holdout_every: int, n_rollouts:
         result.update(reconstruction(run, frames, clips))
     ref = reference(frames, clips)
     result.update(rollouts(model, frames, clips, ref, n_rollouts, length, seed))
+    result["starts"] = starts(model, frames, ref, n_rollouts, seed)
     result["checks"] = checks(result)
     result["verdict"] = "pass" if all(c["ok"] for c in result["checks"].values()) else "fail"
     return result
@@ -369,6 +426,10 @@ def format_table(result: dict) -> str:
     gm, gd = result["gait"]["model"], result["gait"]["data"]
     for key in gm:
         lines.append(f"{key:<26}{_fmt(gm[key]):>10}{_fmt(gd[key]):>10}")
+    if result.get("starts"):
+        st = result["starts"]
+        label = f"walk off within {st['seconds']:g} s"
+        lines.append(f"{label:<26}{_fmt(st['model']):>10}{_fmt(st['data']):>10}")
     lines.append(f"{'frozen windows':<26}{_fmt(result['freezing']['model']):>10}{_fmt(result['freezing']['data']):>10}")
     if "feet" in result:
         feet = result["feet"]
