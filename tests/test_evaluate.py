@@ -13,7 +13,7 @@ from runtime.skeleton import Skeleton
 from tests.test_train import TINY, write_frames
 from trainer.checkpoint import read_checkpoint, save_checkpoint
 from trainer.data import load_frames
-from trainer.evaluate import BOUNDS, START_S, checks, main, reference
+from trainer.evaluate import BOUNDS, START_S, checks, main, reference, root_response
 from trainer.export import export
 from trainer.motion_metrics import frechet_distance, gait_series, gait_summary
 from trainer.procedural import Segment, Style, generate_clip
@@ -65,6 +65,7 @@ def test_evaluate_writes_every_measure_and_a_verdict(run, capsys):
     assert result["evaluated_clips"]["count"] == 2  # clips 2 and 5 of 6
     assert result["evaluated_clips"]["which"] == "1 in 3 source clips and their mirrors, held out in training"
     assert result["reconstruction"]["joint_error_mm"] > 0
+    assert -1.0 <= result["reconstruction"]["root_acceleration"]["correlation"] <= 1.0
     assert len(result["latent"]["kl_per_dim"]) == 4
     assert result["rollouts"] == {**result["rollouts"], "characters": 4, "frames": 360, "late_frames": 120,
                                   "early_frames": 300}
@@ -231,6 +232,18 @@ def test_layout_mismatch_and_missing_model_exit_2(run, tmp_path, capsys):
         assert main(argv + ["--frames", "10"]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_root_response_is_one_for_a_decoder_that_follows_and_zero_for_one_that_copies():
+    rng = np.random.default_rng(0)
+    now = rng.normal(0.0, 0.05, (500, 2))
+    nxt = now * (1.0 + rng.normal(0.0, 0.05, (500, 1)))  # speed changes along the step
+    follows = root_response(np.stack([now, nxt, nxt], 1))
+    assert follows["slope"] == pytest.approx(1.0) and follows["correlation"] == pytest.approx(1.0)
+    copies = root_response(np.stack([now, nxt, now], 1))
+    assert copies["slope"] is None  # no change predicted at all: nothing to correlate
+    half = root_response(np.stack([now, nxt, now + 0.5 * (nxt - now)], 1))
+    assert half["slope"] == pytest.approx(0.5) and half["correlation"] == pytest.approx(1.0)
 
 
 def test_frechet_distance():

@@ -326,18 +326,22 @@ def reconstruction(model: TorchModel, frames: Frames, clips: np.ndarray, max_win
     rows = (starts[:, None] + torch.arange(span)).numpy()
     windows = norm.normalise(torch.from_numpy(frames.data[rows]).to(model.device))
     future = spec.n_cond + np.arange(spec.n_future) * stride
-    errors, stats = [], []
+    errors, stats, root = [], [], []
+    root_cols = layout.slice("root")
     for part in windows.split(batch):
         condition, target = part[:, : spec.n_cond].flatten(1), part[:, future].flatten(1)
         pred = model.next_frame(run.model.posterior_mean(target, condition), condition)
         errors.append((norm.denormalise(pred) - norm.denormalise(part[:, spec.n_cond]), pred - part[:, spec.n_cond]))
         stats.append(run.model.encode(target, condition))
+        steps = [norm.denormalise(f)[:, root_cols][:, :2] for f in (part[:, spec.n_cond - 1], part[:, spec.n_cond], pred)]
+        root.append(torch.stack(steps, 1))
     raw = torch.cat([e[0] for e in errors]).cpu().numpy()
     normed = torch.cat([e[1] for e in errors]).cpu().numpy()
     rmse = {name: float(np.sqrt((raw[:, layout.slice(name)] ** 2).mean())) for name, _, _ in layout.blocks}
     joints = raw[:, layout.slice("positions")].reshape(len(raw), -1, 3)
     out = {"windows": len(rows), "mse_normalised": float((normed ** 2).mean()), "rmse_by_block": rmse,
-           "joint_error_mm": float(np.linalg.norm(joints, axis=-1).mean() * 1000)}
+           "joint_error_mm": float(np.linalg.norm(joints, axis=-1).mean() * 1000),
+           "root_acceleration": root_response(torch.cat(root).cpu().numpy().astype(np.float64))}
     if "mu" in stats[0]:
         kl = kl_per_dimension(torch.cat([s["mu"] for s in stats]), torch.cat([s["logvar"] for s in stats]))
         kl = kl.cpu().numpy()
@@ -349,6 +353,18 @@ def reconstruction(model: TorchModel, frames: Frames, clips: np.ndarray, max_win
         latent = {"perplexity": float(quantizer.perplexity(codes)), "codes_used": int(codes.unique().numel()),
                   "codes": quantizer.codes}
     return {"reconstruction": out, "latent": latent}
+
+
+def root_response(steps: np.ndarray) -> dict:
+    """How much of the data's change of root step the decoder reproduces, from (N, 3, 2) ground steps: the
+    condition's, the data's next and the predicted next. Along the condition's step direction: the regression
+    slope of predicted on data change and their correlation (1 and 1 for a decoder that follows every speed
+    change; a slope well under 1 leaves speed to wander over a long rollout)."""
+    ahead = steps[:, 0] / np.maximum(np.linalg.norm(steps[:, 0], axis=-1, keepdims=True), 1e-9)
+    data, pred = (((steps[:, k] - steps[:, 0]) * ahead).sum(-1) for k in (1, 2))
+    if data.std() == 0 or pred.std() == 0:
+        return {"slope": None, "correlation": None}
+    return {"slope": float((pred * data).sum() / (data * data).sum()), "correlation": float(np.corrcoef(pred, data)[0, 1])}
 
 
 def evaluated_clips(frames: Frames, every: int, trained_every: int | None) -> tuple[np.ndarray, str]:
@@ -417,6 +433,9 @@ def format_table(result: dict) -> str:
         latent = (f"KL {lat['kl_total']:.3g} nats/frame, {lat['active_dims']}/{lat['latent']} dims active"
                   if "kl_total" in lat else f"{lat['codes_used']}/{lat['codes']} codes, perplexity {lat['perplexity']:.3g}")
         lines.append(f"held-out next frame: joint error {rec['joint_error_mm']:.1f} mm; {latent}")
+        acc = rec["root_acceleration"]
+        lines.append(f"root speed changes followed: slope {_fmt(acc['slope'])}, correlation {_fmt(acc['correlation'])} "
+                     "(1 and 1: every one)")
     roll = result["rollouts"]
     lines.append(f"rollouts: {roll['characters']} x {roll['frames']} frames; judged over the last "
                  f"{roll['late_frames']} (drift: against the first {roll['early_frames']})")
