@@ -217,7 +217,8 @@ def rollouts(model: MotionModel, frames: Frames, clips: np.ndarray, ref: Referen
 
 def starts(model: MotionModel, frames: Frames, ref: Reference, n: int, seed: int) -> dict | None:
     """Random-latent rollouts of START_S from n of the reference's standing frames: the share that walks off."""
-    at = ref.standing[ref.standing >= model.n_cond - 1]  # standing frames are past a gait window into their clip
+    clip = np.searchsorted(frames.end_indices, ref.standing)  # each frame's clip: its condition window stays in it
+    at = ref.standing[ref.standing - frames.clip_starts[clip] >= model.n_cond - 1]
     if len(at) == 0:
         return None
     rng = np.random.default_rng(seed)
