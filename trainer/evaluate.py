@@ -159,22 +159,20 @@ def reference(frames: Frames, clips: np.ndarray) -> Reference:
                      standing, float(moved.mean()) if len(moved) else None)
 
 
-def walked_off(origin: np.ndarray, yaw: np.ndarray, fps: float) -> np.ndarray:
-    """Whether a ground path (..., T, 3) ever moves at walking speed (over a gait window) after its first frame."""
-    speed = gait_series(origin[..., 1:, :], yaw[..., 1:], fps)[0]
-    return (speed >= GAITS[1][1]).any(axis=-1)
-
-
 def standing_starts(origin: np.ndarray, yaw: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
     """A clip's standing frames (below walking speed over the gait window ending there) with START_S of clip after
-    them, and whether the clip walks off from each within START_S."""
+    them, and whether the clip walks off from each within START_S: reaches walking speed over a gait window that
+    lies within the START_S frames after it, the rule starts() reads rollouts by."""
     speed = gait_series(origin, yaw, fps)[0]
-    width = len(origin) - len(speed)
+    width = len(origin) - len(speed)  # window i spans frames i .. i + width
     horizon = round(START_S * fps)
     at = np.flatnonzero(speed < GAITS[1][1]) + width
     at = at[at + horizon < len(origin)]
-    off = np.array([walked_off(origin[f:f + horizon + 1], yaw[f:f + horizon + 1], fps) for f in at], bool)
-    return at, off
+    if len(at) == 0 or horizon <= width:
+        return at, np.zeros(len(at), bool)
+    # the windows after frame f start at f + 1 .. f + horizon - width
+    fastest = np.lib.stride_tricks.sliding_window_view(speed, horizon - width)[at + 1].max(axis=-1)
+    return at, fastest >= GAITS[1][1]
 
 
 def start_windows(frames: Frames, clips: np.ndarray, n_cond: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -226,14 +224,13 @@ def starts(model: MotionModel, frames: Frames, ref: Reference, n: int, seed: int
     ctrl = Controller(model, len(at), seed=seed)
     ctrl.reset(frames=frames.data[at[:, None] + np.arange(1 - model.n_cond, 1)])
     horizon = round(START_S * model.fps)
-    positions = np.zeros((len(at), horizon + 1, model.layout.n_joints, 3))
-    root_rot = np.zeros((len(at), horizon + 1, 3, 3))
-    for t in range(1, horizon + 1):
+    positions = np.zeros((len(at), horizon, model.layout.n_joints, 3))
+    root_rot = np.zeros((len(at), horizon, 3, 3))
+    for t in range(horizon):
         poses = ctrl.step()
         positions[:, t], root_rot[:, t] = poses.positions, quat_to_matrix(poses.local_rotations[:, 0])
-    positions[:, 0], root_rot[:, 0] = positions[:, 1], root_rot[:, 1]  # walked_off reads from frame 1 on
-    rolled = track(positions, root_rot, model.layout, model.fps)
-    return {"model": float(walked_off(rolled.origin, rolled.yaw, model.fps).mean()), "data": ref.starts,
+    speed = gait_series(*character_path(positions, root_rot, model.layout), model.fps)[0]
+    return {"model": float((speed >= GAITS[1][1]).any(axis=-1).mean()), "data": ref.starts,
             "characters": int(len(at)), "seconds": START_S}
 
 
@@ -332,10 +329,10 @@ def reconstruction(model: TorchModel, frames: Frames, clips: np.ndarray, max_win
     for part in windows.split(batch):
         condition, target = part[:, : spec.n_cond].flatten(1), part[:, future].flatten(1)
         pred = model.next_frame(run.model.posterior_mean(target, condition), condition)
-        errors.append((norm.denormalise(pred) - norm.denormalise(part[:, spec.n_cond]), pred - part[:, spec.n_cond]))
+        now, nxt, pred_raw = (norm.denormalise(f) for f in (part[:, spec.n_cond - 1], part[:, spec.n_cond], pred))
+        errors.append((pred_raw - nxt, pred - part[:, spec.n_cond]))
         stats.append(run.model.encode(target, condition))
-        steps = [norm.denormalise(f)[:, root_cols][:, :2] for f in (part[:, spec.n_cond - 1], part[:, spec.n_cond], pred)]
-        root.append(torch.stack(steps, 1))
+        root.append(torch.stack([f[:, root_cols][:, :2] for f in (now, nxt, pred_raw)], 1))
     raw = torch.cat([e[0] for e in errors]).cpu().numpy()
     normed = torch.cat([e[1] for e in errors]).cpu().numpy()
     rmse = {name: float(np.sqrt((raw[:, layout.slice(name)] ** 2).mean())) for name, _, _ in layout.blocks}
